@@ -293,7 +293,7 @@ if __name__ == "__main__":
     shapes = {  # built on the meta device: shapes without memory
         "GPT-2 small (d = 768)": lambda: GPT(GPTConfig()),
         "RoBERTa-large shape (d = 1024)": lambda: Llama(LlamaConfig(
-            n_embd=1024, n_layer=24, n_head=16, n_kv_head=16, intermediate_size=4096, vocab_size=50265)),
+            n_embd=1024, n_layer=24, n_head=16, n_kv_head=16, n_inner=4096, vocab_size=50265)),
     }
     print(f"{'model':32s} {'method':8s} {'counted':>11s} {'formula':>11s}   (m = 10, r = 4, H = 256; LoRA r = 16)")
     for label, build in shapes.items():
