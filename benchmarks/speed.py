@@ -1,0 +1,147 @@
+"""Training-step speed: this project against Hugging Face transformers + PEFT, in one process and one run.
+
+    pip install transformers peft          # optional extras, for this script only
+    python benchmarks/speed.py             # GPT-2 small shape, random weights, float32
+
+Same configuration for everyone: batch 16, 64 input tokens, 10 virtual tokens, every base weight frozen,
+AdamW over the tuner only, cross-entropy on two label words at the last token. Prints medians over
+several steps after warm-up, ratios, and achieved GFLOP/s against this machine's own matmul speed.
+Timings on shared machines are noisy: read the ratios, which are measured side by side.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lopa import LOPA, PromptConfig, PromptTuning, label_logits  # noqa: E402
+from model import GPT, GPTConfig, load_gpt2_weights  # noqa: E402
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def timed(step, warmup, repeats):
+    """Median seconds of step(); also the largest growth in resident memory seen while it ran."""
+    base, grow, times = rss_mb(), 0.0, []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        grow = max(grow, step() - base)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times), grow
+
+
+def matmul_gflops(n=2048, repeats=5):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--m", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--layers", type=int, default=12, help="fewer layers for a quick look")
+    a = p.parse_args()
+    try:
+        import peft
+        import transformers
+    except ImportError:
+        sys.exit("error: this benchmark compares against transformers + peft: pip install transformers peft")
+    torch.manual_seed(0)
+    B, T, m = a.batch, a.tokens, a.m
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=a.layers, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()  # same math as ours
+    ours = load_gpt2_weights(GPT(GPTConfig(n_layer=a.layers)), hf.state_dict()).eval()
+    ids = torch.randint(0, 50257, (B, T))
+    lengths = torch.full((B,), T)
+    y = torch.randint(0, 2, (B,))
+    words = torch.tensor([6635, 1049])  # " terrible", " great"
+    print(f"GPT-2 small shape ({a.layers} layers), float32, batch {B}, {T} tokens, m = {m}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    def our_step(tuner, opt, enc=None):
+        def step():
+            loss = F.cross_entropy(label_logits(ours, tuner(ids, lengths, enc), words), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            mem = rss_mb()
+            opt.step()
+            return mem
+        return step
+
+    pt = PromptTuning(ours, PromptConfig(m=m))
+    lopa = LOPA(ours)
+    enc = lopa.encode(ids, lengths)
+    ref = peft.get_peft_model(hf, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=m))
+    with torch.no_grad():
+        ref.prompt_encoder["default"].embedding.weight.copy_(pt.z_s)
+
+    def hf_step(opt, **kw):
+        def step():
+            logits = ref(input_ids=ids, **kw).logits[:, -1, words]   # the usual HF path: full LM head
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            mem = rss_mb()
+            opt.step()
+            return mem
+        return step
+
+    def hf_eval(**kw):
+        @torch.no_grad()
+        def step():
+            ref(input_ids=ids, **kw).logits[:, -1, words].argmax(-1)
+            return rss_mb()
+        return step
+
+    @torch.no_grad()
+    def our_eval():
+        label_logits(ours, pt(ids, lengths), words).argmax(-1)
+        return rss_mb()
+
+    adam = lambda params: torch.optim.AdamW(params, lr=1e-3)
+    r = {}
+    r["ours prompt tuning"] = timed(our_step(pt, adam(pt.trainable_parameters())), a.warmup, a.repeats)
+    r["HF+PEFT prompt tuning"] = timed(hf_step(adam([p for p in ref.parameters() if p.requires_grad])), a.warmup, a.repeats)
+    r["HF+PEFT prompt tuning, logits_to_keep=1"] = timed(
+        hf_step(adam([p for p in ref.parameters() if p.requires_grad]), logits_to_keep=1), a.warmup, a.repeats)
+    r["ours LOPA, encoder pass included"] = timed(our_step(lopa, adam(lopa.trainable_parameters())), a.warmup, a.repeats)
+    r["ours LOPA, cached encoder vectors"] = timed(our_step(lopa, adam(lopa.trainable_parameters()), enc), a.warmup, a.repeats)
+    r["ours eval (forward only)"] = timed(our_eval, a.warmup, a.repeats)
+    r["HF+PEFT eval (forward only)"] = timed(hf_eval(), a.warmup, a.repeats)
+    peak = matmul_gflops()
+
+    # FLOPs of our prompt-tuning step: a forward, and a backward that needs input gradients only (the
+    # weights are frozen), about one more forward. Per layer: 12 d^2 per token in the linears, plus
+    # attention's 2 (m+T) d per token for QK^T and again for AV.
+    cfg, L = ours.config, B * (T + m)
+    fwd = a.layers * (2 * 12 * cfg.n_embd**2 * L + 2 * 2 * (T + m) * cfg.n_embd * L)
+    print(f"{'':42s} {'ms/step':>9s} {'examples/s':>11s} {'RSS growth MB':>14s}")
+    for k, (sec, mem) in r.items():
+        print(f"{k:42s} {1000 * sec:9.0f} {B / sec:11.1f} {mem:14.0f}")
+    pt_s, hf_s, hf_keep = r["ours prompt tuning"][0], r["HF+PEFT prompt tuning"][0], r["HF+PEFT prompt tuning, logits_to_keep=1"][0]
+    print(f"LOPA / prompt tuning step time: {r['ours LOPA, encoder pass included'][0] / pt_s:.2f}x with the encoder pass, "
+          f"{r['ours LOPA, cached encoder vectors'][0] / pt_s:.2f}x with cached encoder vectors")
+    print(f"eval throughput, ours / HF+PEFT: {r['HF+PEFT eval (forward only)'][0] / r['ours eval (forward only)'][0]:.2f}x")
+    print(f"achieved {2 * fwd / pt_s / 1e9:.0f} GFLOP/s in our prompt-tuning step; this machine's float32 matmul: "
+          f"{peak:.0f} GFLOP/s ({100 * 2 * fwd / pt_s / 1e9 / peak:.0f}%)")
+    print(f"speedup vs HF+PEFT prompt tuning with logits_to_keep=1: {hf_keep / pt_s:.2f}x")
+    print(f"speedup vs HF+PEFT prompt tuning: {hf_s / pt_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
