@@ -253,14 +253,15 @@ def save_adapter(tuner, folder, **meta):
 
 def load_adapter(folder, model):
     """(tuner, info) from a folder written by save_adapter, for the same base model."""
+    for name in ("adapter.json", "adapter.safetensors"):
+        if not os.path.exists(os.path.join(folder, name)):
+            raise UserError(f"{folder} is not an adapter folder: {name} is missing")
     try:
         with open(os.path.join(folder, "adapter.json")) as f:
             info = json.load(f)
         state = load_file(os.path.join(folder, "adapter.safetensors"))
         cls, config_cls = METHODS[info["method"]]
         config = config_cls(**info["config"])
-    except FileNotFoundError as e:
-        raise UserError(f"{folder} is not an adapter folder: {os.path.basename(e.filename)} is missing") from None
     except Exception as e:
         raise UserError(f"cannot read the adapter in {folder} ({type(e).__name__}: {str(e)[:100]})") from None
     if info.get("d_model") != model.config.n_embd:

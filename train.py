@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-train-examples", default=None, help="N or 'all' (default: all on a GPU, "
                    f"{CPU_TRAIN_EXAMPLES} on a CPU)")
+    p.add_argument("--holdout", type=int, default=0, help="evaluate on N training examples held out of training "
+                   "instead of dev: for choosing hyper-parameters without touching dev")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
     p.add_argument("--seed", type=int, default=0)
@@ -55,6 +57,8 @@ def parse_args(argv=None):
         raise UserError(f"unknown task {a.task!r}; choose one of: {', '.join(data.TASKS)}")
     if a.method not in METHODS:
         raise UserError(f"unknown method {a.method!r}; choose one of: {', '.join(METHODS)}")
+    if a.holdout < 0:
+        raise UserError(f"--holdout must be >= 0, got {a.holdout}")
     for name in ("epochs", "batch_size", "max_len", "checkpoint_every"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(a, name)}")
@@ -117,35 +121,26 @@ def encode_split(task, rows, tokenizer, max_len):
 
 
 @torch.no_grad()
-def encoder_vectors(tuner, ids, labels, device, batch_size):
-    """LOPA's e = Enc(x) for every example, computed once: the encoder is frozen (see lopa.LOPA.encode)."""
-    if not hasattr(tuner, "encode"):
-        return None
-    out = torch.empty(len(ids), tuner.encoder.config.n_embd, device=device)
-    for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc="encode", leave=False,
+def base_hidden(model, ids, labels, device, batch_size, desc):
+    """(N, d): the frozen model's final hidden state at each example's last real token, with no prompt.
+    One pass gives both the zero-shot predictions and LOPA's encoder vectors e = Enc(x), whose encoder is
+    this frozen model; e never changes, so it is computed once, not every epoch (see lopa.LOPA.encode)."""
+    out = torch.empty(len(ids), model.config.n_embd, device=device)
+    for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc=desc, leave=False,
                   total=math.ceil(len(ids) / batch_size)):
-        out[b["index"].to(device)] = tuner.encode(b["ids"].to(device), b["lengths"].to(device))
+        out[b["index"].to(device)] = last_hidden(model, b["ids"].to(device), b["lengths"].to(device))
     return out
 
 
-def hidden_at_last_token(tuner, model, b, enc, device):
-    ids, lengths = b["ids"].to(device), b["lengths"].to(device)
-    if tuner is None:
-        return last_hidden(model, ids, lengths)
-    return tuner(ids, lengths, None if enc is None else enc[b["index"].to(device)])
-
-
 @torch.no_grad()
-def evaluate(task, tuner, model, ids, labels, label_ids, enc, device, batch_size, desc="dev"):
-    if tuner is not None:
-        tuner.eval()
+def evaluate(task, tuner, model, ids, labels, label_ids, enc, device, batch_size):
+    tuner.eval()
     preds = torch.empty(len(ids), dtype=torch.long)
-    for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc=desc, leave=False,
+    for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc="dev", leave=False,
                   total=math.ceil(len(ids) / batch_size)):
-        h = hidden_at_last_token(tuner, model, b, enc, device)
+        h = tuner(b["ids"].to(device), b["lengths"].to(device), None if enc is None else enc[b["index"].to(device)])
         preds[b["index"]] = label_logits(model, h, label_ids).argmax(-1).cpu()
-    if tuner is not None:
-        tuner.train()
+    tuner.train()
     return data.score(task, preds.tolist(), labels)
 
 
@@ -208,17 +203,25 @@ def main(argv=None):
     max_len = min(args.max_len, model.config.n_positions - args.m)
 
     train_rows, dev_rows = data.load_split(args.task, "train"), data.load_split(args.task, "dev")
+    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))
+    if args.holdout:  # a validation slice cut from train (the same for every seed), replacing dev
+        if args.holdout >= len(train_rows):
+            raise UserError(f"--holdout {args.holdout} leaves no training examples (train has {len(train_rows)})")
+        cut = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(12345))
+        dev_rows, keep = [train_rows[i] for i in cut[:args.holdout].tolist()], cut[args.holdout:]
+        order = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(args.seed))]
     limit = args.max_train_examples or ("all" if device != "cpu" else str(CPU_TRAIN_EXAMPLES))
-    n_train = len(train_rows) if limit == "all" else min(int(limit), len(train_rows))
-    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))[:n_train]
-    hint = "" if n_train == len(train_rows) else " (a random subset; --max-train-examples all trains on every one)"
-    print(f"task: {args.task}; training on {n_train:,} of {len(train_rows):,} examples{hint}; dev: {len(dev_rows):,}")
+    n_train = len(order) if limit == "all" else min(int(limit), len(order))
+    hint = "" if n_train == len(order) else " (a random subset; --max-train-examples all trains on every one)"
+    print(f"task: {args.task}; training on {n_train:,} of {len(order):,} examples{hint}; "
+          f"{'held-out' if args.holdout else 'dev'}: {len(dev_rows):,}")
+    order = order[:n_train]
     train_rows = [train_rows[i] for i in order.tolist()]
     train_ids, train_y = encode_split(task, train_rows, tokenizer, max_len)
     dev_ids, dev_y = encode_split(task, dev_rows, tokenizer, max_len)
 
     run_key = {"task": args.task, "model": model_name, "method": args.method, "seed": args.seed, "lr": args.lr,
-               "epochs": args.epochs, "batch_size": args.batch_size, "n_train": n_train,
+               "epochs": args.epochs, "batch_size": args.batch_size, "n_train": n_train, "holdout": args.holdout,
                "m": args.m, "r": args.r, "hidden": args.hidden, "combine": args.combine, "lora_r": args.lora_r}
     check_out_folder(args, run_key)
     stop = []  # Ctrl-C asks to stop after the current step; a second Ctrl-C kills at once
@@ -241,11 +244,13 @@ def main(argv=None):
         if state["done"]:
             raise UserError(f"the run in {args.out} already finished; its adapter is {args.out}/adapter.safetensors")
         print(f"resuming at step {state['step']}/{total_steps}")
+    dev_h = base_hidden(model, dev_ids, dev_y, device, 2 * args.batch_size, "zero-shot")
     if state["zero_shot"] is None:
-        state["zero_shot"] = evaluate(task, None, model, dev_ids, dev_y, label_ids, None, device, 2 * args.batch_size, "zero-shot")
+        state["zero_shot"] = data.score(task, label_logits(model, dev_h, label_ids).argmax(-1).tolist(), dev_y)
     print(f"zero-shot dev {task.metric} {state['zero_shot']['metric']:.4f} (template alone, no prompt)")
-    train_enc = encoder_vectors(tuner, train_ids, train_y, device, 2 * args.batch_size)
-    dev_enc = encoder_vectors(tuner, dev_ids, dev_y, device, 2 * args.batch_size)
+    lopa = args.method == "lopa"
+    train_enc = base_hidden(model, train_ids, train_y, device, 2 * args.batch_size, "encode") if lopa else None
+    dev_enc = dev_h if lopa else None
 
     def checkpoint():
         save_checkpoint(args.out, tuner, opt, state)
@@ -262,7 +267,8 @@ def main(argv=None):
             lr = args.lr * min(1.0, (step + 1) / warmup)               # 6% linear warm-up, then constant
             for g in opt.param_groups:
                 g["lr"] = lr
-            h = hidden_at_last_token(tuner, model, b, train_enc, device)
+            enc = None if train_enc is None else train_enc[b["index"].to(device)]
+            h = tuner(b["ids"].to(device), b["lengths"].to(device), enc)
             loss = F.cross_entropy(label_logits(model, h, label_ids), b["labels"].to(device))
             if not torch.isfinite(loss):
                 checkpoint_msg = "the last good checkpoint is kept" if os.path.exists(os.path.join(args.out, "checkpoint.json")) else "no checkpoint yet"
@@ -283,8 +289,8 @@ def main(argv=None):
             if step % args.checkpoint_every == 0:
                 checkpoint()
         bar.close()
-        res = evaluate(task, tuner, model, dev_ids, dev_y, label_ids, dev_enc, device, 2 * args.batch_size)
         ms = 1000 * (time.time() - t_epoch) / max(1, len(losses))
+        res = evaluate(task, tuner, model, dev_ids, dev_y, label_ids, dev_enc, device, 2 * args.batch_size)
         row = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)), **{f"dev_{k}": v for k, v in res.items()}}
         state["history"].append(row)
         print(f"epoch {epoch + 1}/{args.epochs} | step {step}/{total_steps} | loss {row['loss']:.3f} | "
@@ -294,7 +300,8 @@ def main(argv=None):
         if state["best"] is None or res["metric"] > state["best"]["metric"]:
             state["best"] = {**res, "epoch": epoch + 1}
             save_adapter(tuner, args.out, model=model_name, task=args.task, seed=args.seed, lr=args.lr,
-                         n_train=n_train, metrics={"dev": res, "zero_shot": state["zero_shot"]}, best_epoch=epoch + 1)
+                         n_train=n_train, holdout=args.holdout, trainable=n_params, metric_name=task.metric,
+                         metrics={"dev": res, "zero_shot": state["zero_shot"]}, best_epoch=epoch + 1)
         checkpoint()
 
     state["done"] = True

@@ -143,3 +143,25 @@ def test_auto_model_falls_back_to_smollm2_offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/gpt2/model.safetensors")
     monkeypatch.setattr(train, "hub_answers", lambda: pytest.fail("must not ask the hub when GPT-2 is cached"))
     assert train.choose_model("auto") == ("gpt2", "GPT-2 is in the Hugging Face cache")
+
+
+def test_holdout_evaluates_on_a_slice_of_train_not_dev(tiny_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert train.main(["--task", "rte", *quick(tiny_model, out), "--holdout", "40"]) == 0
+    assert "held-out: 40" in capsys.readouterr().out
+    info = json.loads((out / "adapter.json").read_text())
+    assert info["holdout"] == 40 and info["trainable"] > 0 and info["metric_name"] == "acc"
+    with pytest.raises(UserError, match="leaves no training examples"):
+        train.main(["--task", "rte", *quick(tiny_model, tmp_path / "p"), "--holdout", "100000"])
+
+
+def test_predict_errors_are_one_line(tiny_model, tmp_path):
+    p = run("predict.py", "--adapter", str(tmp_path / "missing"), "some text", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter.json").write_text('{"model": "%s", "method": "lopa"}' % tiny_model)
+    p = run("predict.py", "--adapter", str(tmp_path / "bad"), "some text", check=False)
+    assert p.returncode == 2 and "adapter.safetensors is missing" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    (tmp_path / "bad" / "adapter.safetensors").write_bytes(b"not a safetensors file")
+    p = run("predict.py", "--adapter", str(tmp_path / "bad"), "some text", check=False)
+    assert p.returncode == 2 and "cannot read the adapter" in p.stderr and p.stderr.count("\n") == 1, p.stderr

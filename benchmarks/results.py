@@ -1,0 +1,100 @@
+"""The results table: zero-shot, prompt tuning, LoRA and LOPA on GLUE tasks at one equal budget.
+
+    python benchmarks/results.py                                  # SST-2, MRPC, RTE; 3 seeds; SmolLM2
+    python benchmarks/results.py --tasks sst2 --seeds 0 --select none   # one quick row per method
+
+For each task and method it first picks the learning rate from --lr-grid on a slice held out of the
+training set (never on dev), with seed 0; then trains with that rate for every seed and reports the
+best-epoch dev metric as mean ± std. Each run is `python train.py ...` in its own process, so the
+numbers are exactly what the command line gives. Writes benchmarks/results.json and results.md.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, "benchmarks")
+GRID = {"prompt": [3e-3, 1e-2, 3e-2], "lora": [3e-4, 1e-3, 3e-3], "lopa": [3e-4, 1e-3, 3e-3]}
+
+
+def train(out, task, method, seed, lr, args, holdout=0):
+    cmd = [sys.executable, "train.py", "--task", task, "--method", method, "--seed", str(seed), "--lr", str(lr),
+           "--model", args.model, "--epochs", str(args.epochs), "--max-train-examples", str(args.max_train_examples),
+           "--out", out, "--overwrite"] + (["--holdout", str(holdout)] if holdout else [])
+    t = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+    with open(os.path.join(out, "adapter.json")) as f:
+        info = json.load(f)
+    info["wall_s"] = time.time() - t
+    info["adapter_bytes"] = os.path.getsize(os.path.join(out, "adapter.safetensors"))
+    return info
+
+
+def hardware():
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    import torch
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default="sst2,mrpc,rte")
+    p.add_argument("--methods", default="prompt,lora,lopa")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-train-examples", default="2000")
+    p.add_argument("--holdout", type=int, default=500, help="training examples held out to choose the learning rate")
+    p.add_argument("--select", default="grid", help="grid: choose lr on the held-out slice; none: train.py's defaults")
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs", "results"))
+    args = p.parse_args()
+    sys.path.insert(0, ROOT)
+    from train import DEFAULT_LR
+    rows, seeds = [], [int(s) for s in args.seeds.split(",")]
+    for task in args.tasks.split(","):
+        zero_shot = None
+        for method in args.methods.split(","):
+            lr, tried = DEFAULT_LR[method], {}
+            if args.select == "grid":
+                for g in GRID[method]:
+                    info = train(os.path.join(args.runs, f"{task}-{method}-select-{g:g}"), task, method, 0, g, args, args.holdout)
+                    tried[g] = info["metrics"]["dev"]["metric"]  # "dev" here is the held-out slice of train
+                lr = max(tried, key=tried.get)
+            runs = [train(os.path.join(args.runs, f"{task}-{method}-seed{s}"), task, method, s, lr, args) for s in seeds]
+            scores = [r["metrics"]["dev"]["metric"] for r in runs]
+            zero_shot = runs[0]["metrics"]["zero_shot"]["metric"]
+            trainable = runs[0]["trainable"]
+            rows.append({"task": task, "method": method, "metric_name": runs[0]["metric_name"], "lr": lr,
+                         "lr_tried_on_holdout": tried, "scores": scores, "mean": statistics.mean(scores),
+                         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "n_seeds": len(scores),
+                         "trainable": trainable, "adapter_bytes": runs[0]["adapter_bytes"],
+                         "wall_s": statistics.mean(r["wall_s"] for r in runs), "model": args.model})
+            print(json.dumps(rows[-1]))
+        rows.append({"task": task, "method": "zero-shot", "metric_name": rows[-1]["metric_name"], "scores": [zero_shot],
+                     "mean": zero_shot, "std": 0.0, "n_seeds": 1, "trainable": 0, "adapter_bytes": 0, "wall_s": 0.0,
+                     "model": args.model})
+    budget = f"{args.max_train_examples} training examples, {args.epochs} epochs, lr chosen by {args.select}"
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump({"hardware": hardware(), "budget": budget, "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
+    lines = [f"Model {args.model}; {budget}; hardware: {hardware()}.", "",
+             "| task | method | dev metric (mean ± std) | seeds | trainable | adapter | wall time / run |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['method']} | {r['metric_name']} {100 * r['mean']:.1f} ± {100 * r['std']:.1f} | "
+                     f"{r['n_seeds']} | {r['trainable']:,} | {r['adapter_bytes'] / 1e6:.2f} MB | {r['wall_s']:.0f} s |")
+    with open(os.path.join(HERE, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
