@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import data
-from lopa import METHODS, atomic_write, label_logits, last_hidden, save_adapter, write_text
+from lopa import LOPA, METHODS, atomic_write, label_logits, last_hidden, save_adapter, write_text
 from model import UserError, load_model
 
 DEFAULT_LR = {"lopa": 1e-3, "prompt": 1e-2, "lora": 1e-3}
@@ -66,6 +66,9 @@ def parse_args(argv=None):
         raise UserError(f"--lr must be positive, got {a.lr}")
     if a.max_train_examples not in (None, "all") and not (a.max_train_examples.isdigit() and int(a.max_train_examples) > 0):
         raise UserError(f"--max-train-examples must be a positive integer or 'all', got {a.max_train_examples!r}")
+    fields = {"lopa": dict(m=a.m, r=a.r, hidden=a.hidden, combine=a.combine), "prompt": dict(m=a.m),
+              "lora": dict(r=a.lora_r)}[a.method]
+    a.config = METHODS[a.method][1](**fields)  # validates m, r, ... with a clear message
     a.lr = a.lr or DEFAULT_LR[a.method]
     a.out = a.out or os.path.join("runs", f"{a.task}-{a.method}")
     return a
@@ -108,27 +111,20 @@ def choose_model(name):
                     "or connect to the internet once to fetch GPT-2")
 
 
-def build_tuner(args, model):
-    cls, config_cls = METHODS[args.method]
-    fields = {"lopa": dict(m=args.m, r=args.r, hidden=args.hidden, combine=args.combine),
-              "prompt": dict(m=args.m), "lora": dict(r=args.lora_r)}[args.method]
-    return cls(model, config_cls(**fields))
-
-
 def encode_split(task, rows, tokenizer, max_len):
     ids = [data.encode(task, texts, tokenizer, max_len) for texts, _ in rows]
     return ids, [label for _, label in rows]
 
 
 @torch.no_grad()
-def base_hidden(model, ids, labels, device, batch_size, desc):
-    """(N, d): the frozen model's final hidden state at each example's last real token, with no prompt.
-    One pass gives both the zero-shot predictions and LOPA's encoder vectors e = Enc(x), whose encoder is
-    this frozen model; e never changes, so it is computed once, not every epoch (see lopa.LOPA.encode)."""
-    out = torch.empty(len(ids), model.config.n_embd, device=device)
+def per_example(fn, ids, labels, device, batch_size, desc):
+    """(N, d): fn(ids, lengths) -> (B, d) for every example, in length-sorted batches."""
+    out = None
     for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc=desc, leave=False,
                   total=math.ceil(len(ids) / batch_size)):
-        out[b["index"].to(device)] = last_hidden(model, b["ids"].to(device), b["lengths"].to(device))
+        h = fn(b["ids"].to(device), b["lengths"].to(device))
+        out = h.new_empty(len(ids), h.size(1)) if out is None else out
+        out[b["index"].to(device)] = h
     return out
 
 
@@ -197,11 +193,6 @@ def main(argv=None):
     task = data.TASKS[args.task]
     model_name, why = choose_model(args.model)
     print(f"model: {model_name} ({why}); device: {device}")
-    model, tokenizer = load_model(model_name)
-    model.to(device)
-    label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
-    max_len = min(args.max_len, model.config.n_positions - args.m)
-
     train_rows, dev_rows = data.load_split(args.task, "train"), data.load_split(args.task, "dev")
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))
     if args.holdout:  # a validation slice cut from train (the same for every seed), replacing dev
@@ -215,25 +206,28 @@ def main(argv=None):
     hint = "" if n_train == len(order) else " (a random subset; --max-train-examples all trains on every one)"
     print(f"task: {args.task}; training on {n_train:,} of {len(order):,} examples{hint}; "
           f"{'held-out' if args.holdout else 'dev'}: {len(dev_rows):,}")
-    order = order[:n_train]
-    train_rows = [train_rows[i] for i in order.tolist()]
-    train_ids, train_y = encode_split(task, train_rows, tokenizer, max_len)
-    dev_ids, dev_y = encode_split(task, dev_rows, tokenizer, max_len)
-
     run_key = {"task": args.task, "model": model_name, "method": args.method, "seed": args.seed, "lr": args.lr,
                "epochs": args.epochs, "batch_size": args.batch_size, "n_train": n_train, "holdout": args.holdout,
                "m": args.m, "r": args.r, "hidden": args.hidden, "combine": args.combine, "lora_r": args.lora_r}
     check_out_folder(args, run_key)
+
+    model, tokenizer = load_model(model_name)
+    model.to(device)
+    label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
+    max_len = min(args.max_len, model.config.n_positions - args.m)
+    train_rows = [train_rows[i] for i in order[:n_train].tolist()]
+    train_ids, train_y = encode_split(task, train_rows, tokenizer, max_len)
+    dev_ids, dev_y = encode_split(task, dev_rows, tokenizer, max_len)
     stop = []  # Ctrl-C asks to stop after the current step; a second Ctrl-C kills at once
     def on_sigint(signum, frame):
         stop.append(True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGINT, on_sigint)
     torch.manual_seed(args.seed)
-    tuner = build_tuner(args, model).to(device).train()
+    tuner = METHODS[args.method][0](model, args.config).to(device).train()
     params = tuner.trainable_parameters()
     n_params, n_model = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
-    print(f"method: {args.method}; trainable parameters: {n_params:,} ({100 * n_params / n_model:.2f}% of {n_model:,})")
+    print(f"method: {args.method}; trainable parameters: {n_params:,} ({100 * n_params / n_model:.2g}% of {n_model:,})")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total_steps, warmup = args.epochs * steps_per_epoch, max(1, round(0.06 * args.epochs * steps_per_epoch))
@@ -244,13 +238,18 @@ def main(argv=None):
         if state["done"]:
             raise UserError(f"the run in {args.out} already finished; its adapter is {args.out}/adapter.safetensors")
         print(f"resuming at step {state['step']}/{total_steps}")
-    dev_h = base_hidden(model, dev_ids, dev_y, device, 2 * args.batch_size, "zero-shot")
+    bs = 2 * args.batch_size  # no gradients to keep: evaluation fits twice the batch
+    dev_h = per_example(lambda i, n: last_hidden(model, i, n), dev_ids, dev_y, device, bs, "zero-shot")
     if state["zero_shot"] is None:
         state["zero_shot"] = data.score(task, label_logits(model, dev_h, label_ids).argmax(-1).tolist(), dev_y)
     print(f"zero-shot dev {task.metric} {state['zero_shot']['metric']:.4f} (template alone, no prompt)")
-    lopa = args.method == "lopa"
-    train_enc = base_hidden(model, train_ids, train_y, device, 2 * args.batch_size, "encode") if lopa else None
-    dev_enc = dev_h if lopa else None
+    # LOPA's e = Enc(x) never changes (see lopa.LOPA.encode): compute it once per example, not every epoch.
+    # Its default encoder is this frozen model read without a prompt, which is exactly the zero-shot pass.
+    train_enc = dev_enc = None
+    if isinstance(tuner, LOPA):
+        train_enc = per_example(tuner.encode, train_ids, train_y, device, bs, "encode")
+        default = type(tuner).encode is LOPA.encode and tuner.encoder is model
+        dev_enc = dev_h if default else per_example(tuner.encode, dev_ids, dev_y, device, bs, "encode dev")
 
     def checkpoint():
         save_checkpoint(args.out, tuner, opt, state)
@@ -290,7 +289,7 @@ def main(argv=None):
                 checkpoint()
         bar.close()
         ms = 1000 * (time.time() - t_epoch) / max(1, len(losses))
-        res = evaluate(task, tuner, model, dev_ids, dev_y, label_ids, dev_enc, device, 2 * args.batch_size)
+        res = evaluate(task, tuner, model, dev_ids, dev_y, label_ids, dev_enc, device, bs)
         row = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)), **{f"dev_{k}": v for k, v in res.items()}}
         state["history"].append(row)
         print(f"epoch {epoch + 1}/{args.epochs} | step {step}/{total_steps} | loss {row['loss']:.3f} | "
@@ -309,7 +308,7 @@ def main(argv=None):
     size = os.path.getsize(os.path.join(args.out, "adapter.safetensors"))
     best = state["best"]
     print(f"\ndone in {time.time() - t0:.0f} s | dev {task.metric} {best['metric']:.4f} (epoch {best['epoch']}) | "
-          f"zero-shot {state['zero_shot']['metric']:.4f} | trainable {n_params:,} ({100 * n_params / n_model:.2f}%) | "
+          f"zero-shot {state['zero_shot']['metric']:.4f} | trainable {n_params:,} ({100 * n_params / n_model:.2g}%) | "
           f"adapter {size / 1e6:.2f} MB in {args.out}/adapter.safetensors")
     return 0
 
@@ -321,7 +320,8 @@ def cli(fn):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
+        print("\ninterrupted; files already in --out are complete (a checkpoint there continues with --resume)",
+              file=sys.stderr)
         sys.exit(130)
 
 
