@@ -73,12 +73,14 @@ def main():
     print(f"GPT-2 small shape ({a.layers} layers), float32, batch {B}, {T} tokens, m = {m}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def our_step(tuner, opt, enc=None):
+    def train_step(label_scores, params):
+        """One AdamW step on the cross-entropy of label_scores() -> (B, 2)."""
+        opt = torch.optim.AdamW(params, lr=1e-3)
         def step():
-            loss = F.cross_entropy(label_logits(ours, tuner(ids, lengths, enc), words), y)
+            loss = F.cross_entropy(label_scores(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            mem = rss_mb()
+            mem = rss_mb()  # activations are still alive here
             opt.step()
             return mem
         return step
@@ -90,39 +92,28 @@ def main():
     with torch.no_grad():
         ref.prompt_encoder["default"].embedding.weight.copy_(pt.z_s)
 
-    def hf_step(opt, **kw):
-        def step():
-            logits = ref(input_ids=ids, **kw).logits[:, -1, words]   # the usual HF path: full LM head
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            mem = rss_mb()
-            opt.step()
-            return mem
-        return step
-
-    def hf_eval(**kw):
+    def forward_only(label_scores):
         @torch.no_grad()
         def step():
-            ref(input_ids=ids, **kw).logits[:, -1, words].argmax(-1)
+            label_scores().argmax(-1)
             return rss_mb()
         return step
 
-    @torch.no_grad()
-    def our_eval():
-        label_logits(ours, pt(ids, lengths), words).argmax(-1)
-        return rss_mb()
-
-    adam = lambda params: torch.optim.AdamW(params, lr=1e-3)
+    hf_params = [p for p in ref.parameters() if p.requires_grad]
+    hf_scores = lambda **kw: ref(input_ids=ids, **kw).logits[:, -1, words]   # the usual HF path: full LM head
     r = {}
-    r["ours prompt tuning"] = timed(our_step(pt, adam(pt.trainable_parameters())), a.warmup, a.repeats)
-    r["HF+PEFT prompt tuning"] = timed(hf_step(adam([p for p in ref.parameters() if p.requires_grad])), a.warmup, a.repeats)
+    r["ours prompt tuning"] = timed(train_step(lambda: label_logits(ours, pt(ids, lengths), words),
+                                               pt.trainable_parameters()), a.warmup, a.repeats)
+    r["HF+PEFT prompt tuning"] = timed(train_step(hf_scores, hf_params), a.warmup, a.repeats)
     r["HF+PEFT prompt tuning, logits_to_keep=1"] = timed(
-        hf_step(adam([p for p in ref.parameters() if p.requires_grad]), logits_to_keep=1), a.warmup, a.repeats)
-    r["ours LOPA, encoder pass included"] = timed(our_step(lopa, adam(lopa.trainable_parameters())), a.warmup, a.repeats)
-    r["ours LOPA, cached encoder vectors"] = timed(our_step(lopa, adam(lopa.trainable_parameters()), enc), a.warmup, a.repeats)
-    r["ours eval (forward only)"] = timed(our_eval, a.warmup, a.repeats)
-    r["HF+PEFT eval (forward only)"] = timed(hf_eval(), a.warmup, a.repeats)
+        train_step(lambda: hf_scores(logits_to_keep=1), hf_params), a.warmup, a.repeats)
+    r["ours LOPA, encoder pass included"] = timed(train_step(lambda: label_logits(ours, lopa(ids, lengths), words),
+                                                             lopa.trainable_parameters()), a.warmup, a.repeats)
+    r["ours LOPA, cached encoder vectors"] = timed(train_step(lambda: label_logits(ours, lopa(ids, lengths, enc), words),
+                                                              lopa.trainable_parameters()), a.warmup, a.repeats)
+    r["ours eval (forward only)"] = timed(forward_only(lambda: label_logits(ours, pt(ids, lengths), words)),
+                                          a.warmup, a.repeats)
+    r["HF+PEFT eval (forward only)"] = timed(forward_only(hf_scores), a.warmup, a.repeats)
     peak = matmul_gflops()
 
     # FLOPs of our prompt-tuning step: a forward, and a backward that needs input gradients only (the

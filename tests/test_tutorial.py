@@ -1,0 +1,153 @@
+"""tutorial.md cannot drift from the code: its python blocks run in order in one namespace, its quotes of the
+code are verbatim, the `python lopa.py` output it shows is what lopa.py prints, and the names, files and flags
+it mentions exist."""
+import contextlib
+import importlib
+import io
+import os
+import re
+import runpy
+import signal
+import tempfile
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUTORIAL = os.path.join(ROOT, "tutorial.md")
+FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\S*)\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
+MARKER = re.compile(r"<!-- (quote|output): (.+?) -->")
+
+
+def read():
+    with open(TUTORIAL, encoding="utf-8") as f:
+        return f.read()
+
+
+def blocks(text=None):
+    """(language, code, line of the code's first line, the marker comment just above the fence or None)."""
+    text = read() if text is None else text
+    for m in FENCE.finditer(text):
+        indent = len(m["indent"])
+        code = "".join(line[indent:] for line in m["code"].splitlines(keepends=True))
+        above = text[:m.start()].rstrip().rsplit("\n", 1)[-1].strip()
+        yield m["lang"], code, text.count("\n", 0, m.start("code")) + 1, MARKER.fullmatch(above)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads, and on a busy machine the threads only wait for each other.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_every_python_block_runs_in_order(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the snippets' mkdtemp() folders land here
+    handler = signal.getsignal(signal.SIGINT)  # train.main installs its own Ctrl-C handler
+    namespace = {"__name__": "tutorial"}
+    python = [(code, line) for lang, code, line, _ in blocks() if lang == "python"]
+    assert len(python) >= 15, "fewer python blocks than expected: was a fence renamed?"
+    try:
+        for code, line in python:
+            # Padding with newlines makes a traceback point at the failing line of tutorial.md.
+            exec(compile("\n" * (line - 1) + code, TUTORIAL, "exec"), namespace)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert "refused:" in capsys.readouterr().out
+
+
+def test_fences_are_labelled():
+    # An unlabelled or misspelt fence would silently drop a snippet from the run above.
+    langs = [lang for lang, *_ in blocks()]
+    assert set(langs) <= {"python", "bash", "text", "mermaid"}, sorted(set(langs))
+    assert langs.count("mermaid") == 1
+
+
+def test_fence_parser_sees_indented_blocks():
+    text = "1. item\n\n   <!-- quote: x.py -->\n   ```text\n       a = 1\n   ```\n```python\nb = 2\n```\n"
+    found = list(blocks(text))
+    assert [(lang, code) for lang, code, *_ in found] == [("text", "    a = 1\n"), ("python", "b = 2\n")]
+    assert found[0][3].groups() == ("quote", "x.py") and found[1][3] is None
+
+
+def contiguous_in(quote, source):
+    want = [line.strip() for line in quote.splitlines() if line.strip()]
+    have = [line.strip() for line in source.splitlines() if line.strip()]
+    return any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+def test_quotes_of_the_code_are_verbatim():
+    quotes = [(code, marker[2]) for lang, code, _, marker in blocks() if marker and marker[1] == "quote"]
+    assert len(quotes) >= 5
+    for code, name in quotes:
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            assert contiguous_in(code, f.read()), f"tutorial.md quotes lines that {name} no longer has:\n{code}"
+    assert not contiguous_in("x = 1\ny = 2", "x = 1\nz = 3\ny = 2")
+
+
+def test_shown_lopa_py_output_is_what_it_prints():
+    (shown,) = [code for lang, code, _, marker in blocks() if marker and marker.groups() == ("output", "python lopa.py")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(os.path.join(ROOT, "lopa.py"), run_name="__main__")
+    assert shown == out.getvalue()
+
+
+def test_sections_mirror_the_code():
+    titles = re.findall(r"^## (\d)\. (.+)$", read(), re.M)
+    assert titles == [("1", "GPT-2 in a page"), ("2", "Prompt tuning"), ("3", "LOPA"),
+                      ("4", "Classification with label words"), ("5", "The training loop"),
+                      ("6", "Results you can reproduce"), ("7", "One frozen model, many tasks, one batch"),
+                      ("8", "Exercises")]
+
+
+def test_exercises_have_goal_run_expect_and_a_solution():
+    text = read()
+    exercises = re.split(r"^### Exercise (\d+): ", text[text.index("## 8. Exercises"):], flags=re.M)[1:]
+    numbers, bodies = exercises[0::2], exercises[1::2]
+    assert len(bodies) >= 8 and numbers == [str(i) for i in range(1, len(bodies) + 1)]
+    for n, body in zip(numbers, bodies):
+        for part in ("**Goal.**", "**Run.**", "**Expect.**", "<details>\n<summary>Solution</summary>\n\n", "</details>"):
+            assert part in body, f"exercise {n} lacks {part!r}"
+        assert body.index("**Goal.**") < body.index("**Run.**") < body.index("**Expect.**") < body.index("<details>")
+
+
+def inline_code(text):
+    """Inline `code` spans outside fenced blocks, and the lines of bash blocks."""
+    for lang, code, *_ in blocks(text):
+        if lang == "bash":
+            yield from code.splitlines()
+    yield from re.findall(r"`([^`\n]+)`", FENCE.sub("", text))
+
+
+def test_mentioned_files_flags_and_names_exist():
+    text = read()
+    spans = list(inline_code(text))
+    for path in set(re.findall(r"\b(?:(?:exercises|benchmarks|tests)/)?\w+\.py\b", text)):
+        assert os.path.exists(os.path.join(ROOT, path)), f"tutorial.md mentions {path}, which does not exist"
+    sources = ""
+    for folder in (".", "exercises", "benchmarks"):
+        for name in os.listdir(os.path.join(ROOT, folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
+                    sources += f.read()
+    for flag in {f for span in spans for f in re.findall(r"(?<![\w-])--[a-z][a-z-]*", span)} - {"--no-deps"}:
+        assert f'"{flag}"' in sources, f"tutorial.md mentions {flag}, which no script defines"
+    names = ("data", "lopa", "model", "train", "exercises.idpg", "exercises.mean_pool", "exercises.nearest_tokens",
+             "exercises.new_task", "exercises.serve_two", "builtins")
+    modules = {name: importlib.import_module(name) for name in names}
+    snippets = "".join(code for lang, code, *_ in blocks(text) if lang == "python")
+    defined = tuple(re.findall(r"^def (\w+)", snippets, re.M))
+    owners = {**modules, **{name: getattr(modules["lopa"], name) for name in ("LOPA", "LoRA", "PromptTuning", "Tuner")}}
+    for span in spans:
+        if re.fullmatch(r"\w*_\w*(\(\))?", span):  # a name like `base_hidden` or `CPU_TRAIN_EXAMPLES`
+            assert re.search(rf"\b{span.removesuffix('()')}\b", sources), f"tutorial.md mentions {span}, found nowhere"
+        for owner, attr in re.findall(r"\b(\w+)\.(\w+)", span):
+            if owner in owners and attr not in ("py", "tsv", "json", "md"):  # model.py is a file, model.generate a name
+                assert hasattr(owners[owner], attr), f"tutorial.md mentions {owner}.{attr}, which does not exist"
+        call = re.match(r"([a-z_]+)\(", span)
+        if call and call[1] not in ("model", "loaded", "tuner") + defined:  # variables, and the snippets' own functions
+            assert any(hasattr(m, call[1]) for m in owners.values()), f"tutorial.md mentions {call[1]}(), found nowhere"
