@@ -22,20 +22,28 @@ from lopa import LOPA, PromptConfig, PromptTuning, label_logits  # noqa: E402
 from model import GPT, GPTConfig, load_gpt2_weights  # noqa: E402
 
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def timed(step, warmup, repeats):
-    """Median seconds of step(); also the largest growth in resident memory seen while it ran."""
-    base, grow, times = rss_mb(), 0.0, []
+    """Median seconds of step() after warm-up."""
+    times = []
     for i in range(warmup + repeats):
         t = time.perf_counter()
-        grow = max(grow, step() - base)
+        step()
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    return statistics.median(times), grow
+    return statistics.median(times)
+
+
+def activation_mb(label_scores, frozen):
+    """Memory the autograd graph keeps for the backward pass (the step's peak above the weights),
+    counted tensor by tensor, so it does not depend on the allocator. Frozen weights are not counted."""
+    seen, skip = {}, {p.data_ptr() for p in frozen}
+    def pack(t):
+        if t.data_ptr() not in skip:
+            seen[t.data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        label_scores()
+    return sum(seen.values()) / 2**20
 
 
 def matmul_gflops(n=2048, repeats=5):
@@ -80,9 +88,8 @@ def main():
             loss = F.cross_entropy(label_scores(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            mem = rss_mb()  # activations are still alive here
             opt.step()
-            return mem
+        step.label_scores = label_scores
         return step
 
     pt = PromptTuning(ours, PromptConfig(m=m))
@@ -96,24 +103,24 @@ def main():
         @torch.no_grad()
         def step():
             label_scores().argmax(-1)
-            return rss_mb()
         return step
 
     hf_params = [p for p in ref.parameters() if p.requires_grad]
     hf_scores = lambda **kw: ref(input_ids=ids, **kw).logits[:, -1, words]   # the usual HF path: full LM head
-    r = {}
-    r["ours prompt tuning"] = timed(train_step(lambda: label_logits(ours, pt(ids, lengths), words),
-                                               pt.trainable_parameters()), a.warmup, a.repeats)
-    r["HF+PEFT prompt tuning"] = timed(train_step(hf_scores, hf_params), a.warmup, a.repeats)
-    r["HF+PEFT prompt tuning, logits_to_keep=1"] = timed(
-        train_step(lambda: hf_scores(logits_to_keep=1), hf_params), a.warmup, a.repeats)
-    r["ours LOPA, encoder pass included"] = timed(train_step(lambda: label_logits(ours, lopa(ids, lengths), words),
-                                                             lopa.trainable_parameters()), a.warmup, a.repeats)
-    r["ours LOPA, cached encoder vectors"] = timed(train_step(lambda: label_logits(ours, lopa(ids, lengths, enc), words),
-                                                              lopa.trainable_parameters()), a.warmup, a.repeats)
-    r["ours eval (forward only)"] = timed(forward_only(lambda: label_logits(ours, pt(ids, lengths), words)),
-                                          a.warmup, a.repeats)
-    r["HF+PEFT eval (forward only)"] = timed(forward_only(hf_scores), a.warmup, a.repeats)
+    steps = {
+        "ours prompt tuning": train_step(lambda: label_logits(ours, pt(ids, lengths), words), pt.trainable_parameters()),
+        "HF+PEFT prompt tuning": train_step(hf_scores, hf_params),
+        "HF+PEFT prompt tuning, logits_to_keep=1": train_step(lambda: hf_scores(logits_to_keep=1), hf_params),
+        "ours LOPA, encoder pass included": train_step(lambda: label_logits(ours, lopa(ids, lengths), words),
+                                                       lopa.trainable_parameters()),
+        "ours LOPA, cached encoder vectors": train_step(lambda: label_logits(ours, lopa(ids, lengths, enc), words),
+                                                        lopa.trainable_parameters()),
+        "ours eval (forward only)": forward_only(lambda: label_logits(ours, pt(ids, lengths), words)),
+        "HF+PEFT eval (forward only)": forward_only(hf_scores),
+    }
+    r = {k: timed(s, a.warmup, a.repeats) for k, s in steps.items()}
+    frozen = list(ours.parameters()) + list(ref.parameters())
+    mem = {k: activation_mb(s.label_scores, frozen) for k, s in steps.items() if hasattr(s, "label_scores")}
     peak = matmul_gflops()
 
     # FLOPs of our prompt-tuning step: a forward, and a backward that needs input gradients only (the
@@ -121,13 +128,13 @@ def main():
     # attention's 2 (m+T) d per token for QK^T and again for AV.
     cfg, L = ours.config, B * (T + m)
     fwd = a.layers * (2 * 12 * cfg.n_embd**2 * L + 2 * 2 * (T + m) * cfg.n_embd * L)
-    print(f"{'':42s} {'ms/step':>9s} {'examples/s':>11s} {'RSS growth MB':>14s}")
-    for k, (sec, mem) in r.items():
-        print(f"{k:42s} {1000 * sec:9.0f} {B / sec:11.1f} {mem:14.0f}")
-    pt_s, hf_s, hf_keep = r["ours prompt tuning"][0], r["HF+PEFT prompt tuning"][0], r["HF+PEFT prompt tuning, logits_to_keep=1"][0]
-    print(f"LOPA / prompt tuning step time: {r['ours LOPA, encoder pass included'][0] / pt_s:.2f}x with the encoder pass, "
-          f"{r['ours LOPA, cached encoder vectors'][0] / pt_s:.2f}x with cached encoder vectors")
-    print(f"eval throughput, ours / HF+PEFT: {r['HF+PEFT eval (forward only)'][0] / r['ours eval (forward only)'][0]:.2f}x")
+    print(f"{'':42s} {'ms/step':>9s} {'examples/s':>11s} {'activations MB':>15s}")
+    for k, sec in r.items():
+        print(f"{k:42s} {1000 * sec:9.0f} {B / sec:11.1f} {f'{mem[k]:.0f}' if k in mem else '-':>15}")
+    pt_s, hf_s, hf_keep = r["ours prompt tuning"], r["HF+PEFT prompt tuning"], r["HF+PEFT prompt tuning, logits_to_keep=1"]
+    print(f"LOPA / prompt tuning step time: {r['ours LOPA, encoder pass included'] / pt_s:.2f}x with the encoder pass, "
+          f"{r['ours LOPA, cached encoder vectors'] / pt_s:.2f}x with cached encoder vectors")
+    print(f"eval throughput, ours / HF+PEFT: {r['HF+PEFT eval (forward only)'] / r['ours eval (forward only)']:.2f}x")
     print(f"achieved {2 * fwd / pt_s / 1e9:.0f} GFLOP/s in our prompt-tuning step; this machine's float32 matmul: "
           f"{peak:.0f} GFLOP/s ({100 * 2 * fwd / pt_s / 1e9 / peak:.0f}%)")
     print(f"speedup vs HF+PEFT prompt tuning with logits_to_keep=1: {hf_keep / pt_s:.2f}x")
