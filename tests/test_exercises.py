@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 import data
 from benchmarks import plot_results
@@ -23,49 +22,9 @@ from exercises.serve_two import main as serve_main
 from exercises.serve_two import serve
 from lopa import LOPA, METHODS, LOPAConfig, PromptConfig, PromptTuning, label_logits, save_adapter
 from model import GPT, GPTConfig, UserError, load_model
+from tests.helpers import TINY as SMALL, padded_batch as batch, tiny_lm as small
 
-SMALL = GPTConfig(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy machine the threads only wait for each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def small(seed=0):
-    torch.manual_seed(seed)
-    model = GPT(SMALL).eval()
-    for p in model.parameters():  # larger weights than GPT-2's 0.02, so that the prompt matters (as in test_lopa)
-        if p.dim() == 2:
-            p.data.normal_(std=0.3)
-    return model
-
-
-def batch(B=4, T=9, seed=1, vocab=100):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (B, T), generator=g)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[0] = T
-    ids[torch.arange(T)[None, :] >= lengths[:, None]] = 0           # right padding
-    return ids, lengths
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A 2-layer, width-32 GPT-2 with GPT-2's vocabulary, saved as the hub stores GPT-2."""
-    torch.manual_seed(0)
-    cfg = GPTConfig(n_positions=128, n_embd=32, n_layer=2, n_head=4)
-    conv1d = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
-    sd = {k: (v.t() if k.endswith(conv1d) else v).contiguous() for k, v in GPT(cfg).state_dict().items()
-          if k != "lm_head.weight"}
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    save_file(sd, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", **vars(cfg)}))
-    return str(folder)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(fn, *args):
@@ -125,9 +84,9 @@ def test_idpg_fits_one_batch():
 
 
 @pytest.mark.parametrize("main,method", [(idpg_main, "idpg"), (mean_pool_main, "lopa_mean")])
-def test_new_methods_train_through_train_py_and_leave_it_as_it_was(main, method, tiny_folder, tmp_path):
+def test_new_methods_train_through_train_py_and_leave_it_as_it_was(main, method, tiny_gpt2, tmp_path):
     before = dict(METHODS)
-    status, out = quiet(main, ["--task", "rte", *quick(tiny_folder, tmp_path / method)])
+    status, out = quiet(main, ["--task", "rte", *quick(tiny_gpt2, tmp_path / method)])
     assert status == 0 and out.startswith(f"{method}: train.py's loop") and "done in" in out
     info = json.loads((tmp_path / method / "adapter.json").read_text())
     assert info["method"] == method and info["config"]["m"] == 4
@@ -173,15 +132,15 @@ def test_nearest_tokens_recover_vocabulary_rows():
     assert not (nearest[:, 0] == rows).any()
 
 
-def test_nearest_tokens_command(tiny_folder, tmp_path):
-    model, _ = load_model(tiny_folder)
+def test_nearest_tokens_command(tiny_gpt2, tmp_path):
+    model, _ = load_model(tiny_gpt2)
     torch.manual_seed(0)
-    save_adapter(LOPA(model, LOPAConfig(m=3, r=2, hidden=8)), tmp_path / "lopa", model=tiny_folder, task="sst2")
+    save_adapter(LOPA(model, LOPAConfig(m=3, r=2, hidden=8)), tmp_path / "lopa", model=tiny_gpt2, task="sst2")
     status, out = quiet(nearest_main, [str(tmp_path / "lopa"), "a gripping film", "-k", "2"])
     lines = out.splitlines()
     assert status == 0 and lines[0] == "Z_S, shared by every input:" and lines[4] == "Z for 'a gripping film':"
     assert len(lines) == 8 and all(line.startswith("  row ") and line.count("|") == 1 for line in lines[1:4])
-    save_adapter(PromptTuning(model, PromptConfig(m=3)), tmp_path / "pt", model=tiny_folder, task="sst2")
+    save_adapter(PromptTuning(model, PromptConfig(m=3)), tmp_path / "pt", model=tiny_gpt2, task="sst2")
     with pytest.raises(UserError, match="same for every input"):
         quiet(nearest_main, [str(tmp_path / "pt"), "some text"])
 
@@ -194,15 +153,15 @@ def write_tsv(folder, rows):
         (folder / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
 
 
-def test_new_task_loads_encodes_and_trains(tiny_folder, tmp_path):
+def test_new_task_loads_encodes_and_trains(tiny_gpt2, tmp_path):
     rows = [("what a lovely day", "pos"), ("the soup was cold", "neg"), ("a warm, kind film", "pos"),
             ("it broke after a week", "neg")]
     write_tsv(tmp_path / "toy", rows)
     task = tsv_task(tmp_path / "toy")
-    tokenizer = load_model(tiny_folder)[1]
+    tokenizer = load_model(tiny_gpt2)[1]
     assert len(data.label_token_ids(task, tokenizer)) == 2
     before = dict(data.TASKS)
-    status, out = quiet(new_task_main, [str(tmp_path / "toy"), *quick(tiny_folder, tmp_path / "run")])
+    status, out = quiet(new_task_main, [str(tmp_path / "toy"), *quick(tiny_gpt2, tmp_path / "run")])
     assert status == 0 and "training on 4 of 4 examples; dev: 4" in out
     assert json.loads((tmp_path / "run" / "adapter.json").read_text())["task"] == "tsv"
     assert data.TASKS == before and "tsv" not in data.TASKS
@@ -210,15 +169,15 @@ def test_new_task_loads_encodes_and_trains(tiny_folder, tmp_path):
     assert tokenizer.decode(ids) == "Text: what a lovely day\nOverall, it was"
     write_tsv(tmp_path / "bad", rows + [("no label here", "maybe")])
     with pytest.raises(UserError, match=r"train\.tsv:6: unknown label 'maybe'"):
-        new_task_main([str(tmp_path / "bad"), *quick(tiny_folder, tmp_path / "run2")])
+        new_task_main([str(tmp_path / "bad"), *quick(tiny_gpt2, tmp_path / "run2")])
     with pytest.raises(UserError, match="usage"):
         new_task_main([])
 
 
 # ----------------------------------------------------------------------------- two tasks, one batch
 
-def test_serve_two_tasks_in_one_batch_equals_each_alone(tiny_folder, tmp_path):
-    model, tokenizer = load_model(tiny_folder)
+def test_serve_two_tasks_in_one_batch_equals_each_alone(tiny_gpt2, tmp_path):
+    model, tokenizer = load_model(tiny_gpt2)
     torch.manual_seed(0)
     for p in model.parameters():  # as in small(): let the prompts matter
         if p.dim() == 2:
@@ -240,10 +199,10 @@ def test_serve_two_tasks_in_one_batch_equals_each_alone(tiny_folder, tmp_path):
     assert {w for w, _ in answers[0::2]} <= {"negative", "positive"} and {w for w, _ in answers[1::2]} <= {"Yes", "No"}
 
 
-def test_serve_two_command(tiny_folder, tmp_path):
-    model, _ = load_model(tiny_folder)
-    save_adapter(LOPA(model, LOPAConfig(m=4, r=2, hidden=8)), tmp_path / "a", model=tiny_folder, task="sst2")
-    save_adapter(PromptTuning(model, PromptConfig(m=4)), tmp_path / "b", model=tiny_folder, task="cola")
+def test_serve_two_command(tiny_gpt2, tmp_path):
+    model, _ = load_model(tiny_gpt2)
+    save_adapter(LOPA(model, LOPAConfig(m=4, r=2, hidden=8)), tmp_path / "a", model=tiny_gpt2, task="sst2")
+    save_adapter(PromptTuning(model, PromptConfig(m=4)), tmp_path / "b", model=tiny_gpt2, task="cola")
     status, out = quiet(serve_main, [str(tmp_path / "a"), str(tmp_path / "b"), "--ask", "0", "fine film",
                                      "--ask", "1", "The cat sat on mat the."])
     lines = [line.split("\t") for line in out.splitlines()]

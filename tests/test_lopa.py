@@ -4,28 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from lopa import (LOPA, LoRA, LoRAConfig, LOPAConfig, PromptConfig, PromptTuning, closed_form, label_logits,
-                  last_hidden, load_adapter, mixed_batch_hidden, save_adapter)
+                  load_adapter, mixed_batch_hidden, save_adapter)
 from model import GPT, GPTConfig, UserError
-
-TINY = GPTConfig(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    model = GPT(TINY).eval()
-    for p in model.parameters():  # GPT-2's std 0.02 makes a tiny random model ignore everything but the
-        if p.dim() == 2:          # last token; larger weights let the prompt matter, as in a trained model
-            p.data.normal_(std=0.3)
-    return model
-
-
-def batch(B=4, T=9, seed=1, vocab=100):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (B, T), generator=g)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[0] = T
-    ids[torch.arange(T)[None, :] >= lengths[:, None]] = 0           # right padding
-    return ids, lengths
+from tests.helpers import TINY, padded_batch as batch, tiny_lm as tiny
 
 
 @pytest.mark.parametrize("make", [lambda m: LOPA(m, LOPAConfig(m=3, r=2, hidden=8)),

@@ -10,24 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from model import GPT, GPTConfig, UserError
+from model import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 2-layer, width-32 GPT-2 with the real vocabulary, saved as the hub stores GPT-2 (Conv1D layout)."""
-    from safetensors.torch import save_file
-    torch.manual_seed(0)
-    cfg = GPTConfig(n_positions=128, n_embd=32, n_layer=2, n_head=4)
-    sd = GPT(cfg).state_dict()
-    conv1d = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
-    sd = {k: (v.t() if k.endswith(conv1d) else v).contiguous() for k, v in sd.items() if k != "lm_head.weight"}
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    save_file(sd, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", **vars(cfg)}))
-    return str(folder)
 
 
 def run(*argv, check=True):
@@ -43,14 +28,14 @@ def quick(model, out, *extra):
 
 
 @pytest.mark.parametrize("method", ["lopa", "prompt", "lora"])
-def test_smoke_train_then_predict(tiny_model, tmp_path, method):
+def test_smoke_train_then_predict(tiny_gpt2, tmp_path, method):
     out = tmp_path / method
-    p = run("train.py", "--task", "rte", "--method", method, *quick(tiny_model, out))
+    p = run("train.py", "--task", "rte", "--method", method, *quick(tiny_gpt2, out))
     assert "zero-shot dev acc" in p.stdout and "done in" in p.stdout
     for name in ("adapter.safetensors", "adapter.json", "metrics.jsonl", "checkpoint.json"):
         assert (out / name).exists(), name
     info = json.loads((out / "adapter.json").read_text())
-    assert info["method"] == method and info["task"] == "rte" and info["model"] == tiny_model
+    assert info["method"] == method and info["task"] == "rte" and info["model"] == tiny_gpt2
     assert info["best_epoch"] in (1, 2) and 0 <= info["metrics"]["dev"]["acc"] <= 1
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
@@ -63,15 +48,15 @@ def test_smoke_train_then_predict(tiny_model, tmp_path, method):
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3, p.stderr
 
 
-def test_same_seed_same_adapter(tiny_model, tmp_path):
+def test_same_seed_same_adapter(tiny_gpt2, tmp_path):
     for name in ("a", "b"):
-        assert train.main(["--task", "sst2", *quick(tiny_model, tmp_path / name), "--seed", "3"]) == 0
+        assert train.main(["--task", "sst2", *quick(tiny_gpt2, tmp_path / name), "--seed", "3"]) == 0
     a, b = (load_file(tmp_path / n / "adapter.safetensors") for n in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_interrupted_run_resumes_to_the_same_adapter(tiny_model, tmp_path):
-    args = ["train.py", "--task", "sst2", *quick(tiny_model, tmp_path / "cut"), "--max-train-examples", "1200",
+def test_interrupted_run_resumes_to_the_same_adapter(tiny_gpt2, tmp_path):
+    args = ["train.py", "--task", "sst2", *quick(tiny_gpt2, tmp_path / "cut"), "--max-train-examples", "1200",
             "--batch-size", "4"]
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -101,30 +86,30 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny_model, tmp_path):
     (["--task", "sst2", "--r", "0"], "r must be >= 1"),
     (["--task", "sst2", "--device", "cuda"], "no CUDA GPU"),
 ])
-def test_bad_flags_give_one_line(tiny_model, tmp_path, flags, message):
+def test_bad_flags_give_one_line(tiny_gpt2, tmp_path, flags, message):
     if "--device" in flags and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    model = [] if "--model" in flags else ["--model", tiny_model]
+    model = [] if "--model" in flags else ["--model", tiny_gpt2]
     p = run("train.py", *flags, *model, "--out", str(tmp_path / "o"), check=False)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: ") and message in p.stderr, p.stderr
 
 
-def test_output_folder_of_another_run_is_refused(tiny_model, tmp_path):
+def test_output_folder_of_another_run_is_refused(tiny_gpt2, tmp_path):
     out = tmp_path / "o"
-    assert train.main(["--task", "rte", *quick(tiny_model, out)]) == 0
+    assert train.main(["--task", "rte", *quick(tiny_gpt2, out)]) == 0
     with pytest.raises(UserError, match="already holds a run"):
-        train.main(["--task", "sst2", *quick(tiny_model, out)])
+        train.main(["--task", "sst2", *quick(tiny_gpt2, out)])
     with pytest.raises(UserError, match="different run"):
-        train.main(["--task", "sst2", *quick(tiny_model, out), "--resume"])
+        train.main(["--task", "sst2", *quick(tiny_gpt2, out), "--resume"])
     with pytest.raises(UserError, match="already finished"):
-        train.main(["--task", "rte", *quick(tiny_model, out), "--resume"])
-    assert train.main(["--task", "sst2", *quick(tiny_model, out), "--overwrite"]) == 0
+        train.main(["--task", "rte", *quick(tiny_gpt2, out), "--resume"])
+    assert train.main(["--task", "sst2", *quick(tiny_gpt2, out), "--overwrite"]) == 0
 
 
-def test_nan_loss_stops_with_a_message(tiny_model, tmp_path):
+def test_nan_loss_stops_with_a_message(tiny_gpt2, tmp_path):
     with pytest.raises(UserError, match="loss became nan"):
-        train.main(["--task", "rte", *quick(tiny_model, tmp_path / "o"), "--method", "prompt", "--lr", "1e30"])
+        train.main(["--task", "rte", *quick(tiny_gpt2, tmp_path / "o"), "--method", "prompt", "--lr", "1e30"])
 
 
 def test_auto_model_falls_back_to_smollm2_offline(monkeypatch):
@@ -145,21 +130,21 @@ def test_auto_model_falls_back_to_smollm2_offline(monkeypatch):
     assert train.choose_model("auto") == ("gpt2", "GPT-2 is in the Hugging Face cache")
 
 
-def test_holdout_evaluates_on_a_slice_of_train_not_dev(tiny_model, tmp_path, capsys):
+def test_holdout_evaluates_on_a_slice_of_train_not_dev(tiny_gpt2, tmp_path, capsys):
     out = tmp_path / "o"
-    assert train.main(["--task", "rte", *quick(tiny_model, out), "--holdout", "40"]) == 0
+    assert train.main(["--task", "rte", *quick(tiny_gpt2, out), "--holdout", "40"]) == 0
     assert "held-out: 40" in capsys.readouterr().out
     info = json.loads((out / "adapter.json").read_text())
     assert info["holdout"] == 40 and info["trainable"] > 0 and info["metric_name"] == "acc"
     with pytest.raises(UserError, match="leaves no training examples"):
-        train.main(["--task", "rte", *quick(tiny_model, tmp_path / "p"), "--holdout", "100000"])
+        train.main(["--task", "rte", *quick(tiny_gpt2, tmp_path / "p"), "--holdout", "100000"])
 
 
-def test_predict_errors_are_one_line(tiny_model, tmp_path):
+def test_predict_errors_are_one_line(tiny_gpt2, tmp_path):
     p = run("predict.py", "--adapter", str(tmp_path / "missing"), "some text", check=False)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "adapter.json").write_text('{"model": "%s", "method": "lopa"}' % tiny_model)
+    (tmp_path / "bad" / "adapter.json").write_text('{"model": "%s", "method": "lopa"}' % tiny_gpt2)
     p = run("predict.py", "--adapter", str(tmp_path / "bad"), "some text", check=False)
     assert p.returncode == 2 and "adapter.safetensors is missing" in p.stderr and p.stderr.count("\n") == 1, p.stderr
     (tmp_path / "bad" / "adapter.safetensors").write_bytes(b"not a safetensors file")

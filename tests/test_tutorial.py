@@ -11,7 +11,6 @@ import signal
 import tempfile
 
 import pytest
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIAL = os.path.join(ROOT, "tutorial.md")
@@ -34,13 +33,7 @@ def blocks(text=None):
         yield m["lang"], code, text.count("\n", 0, m.start("code")) + 1, MARKER.fullmatch(above)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy machine the threads only wait for each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_python_block_runs_in_order(monkeypatch, capsys, tmp_path):
