@@ -268,12 +268,10 @@ def load_adapter(folder, model):
         raise UserError(f"adapter in {folder} was trained on {info.get('model')!r} (width {info.get('d_model')}); "
                         f"this model has width {model.config.n_embd}: load the base model the adapter names")
     tuner = cls(model, config)
-    own = dict(tuner.named_parameters())
-    if own.keys() != state.keys() or any(own[k].shape != state[k].shape for k in own):
-        raise UserError(f"adapter in {folder} does not fit this model; was it trained on {info.get('model')!r}?")
-    with torch.no_grad():
-        for k, p in own.items():
-            p.copy_(state[k])
+    try:
+        tuner.load_state_dict(state)  # strict: the same names and shapes, or an error
+    except RuntimeError:
+        raise UserError(f"adapter in {folder} does not fit this model; was it trained on {info.get('model')!r}?") from None
     return tuner.eval(), info
 
 

@@ -156,9 +156,7 @@ def load_checkpoint(out, tuner, opt):
     with open(os.path.join(out, "checkpoint.json")) as f:
         state = json.load(f)
     tensors = load_file(os.path.join(out, "checkpoint.safetensors"))
-    with torch.no_grad():
-        for k, p in tuner.named_parameters():
-            p.copy_(tensors[f"tuner.{k}"])
+    tuner.load_state_dict({k.removeprefix("tuner."): v for k, v in tensors.items() if k.startswith("tuner.")})
     sd = opt.state_dict()
     for i in range(len(sd["param_groups"][0]["params"])):
         sd["state"][i] = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
