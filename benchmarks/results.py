@@ -2,11 +2,15 @@
 
     python benchmarks/results.py                                  # SST-2, MRPC, RTE; 3 seeds; SmolLM2
     python benchmarks/results.py --tasks sst2 --seeds 0 --select none   # one quick row per method
+    python benchmarks/results.py --tasks mrpc,rte --select none --max-train-examples 640 --epochs 1
 
-For each task and method it first picks the learning rate from --lr-grid on a slice held out of the
+For each task and method it first picks the learning rate from GRID on a slice held out of the
 training set (never on dev), with seed 0; then trains with that rate for every seed and reports the
 best-epoch dev metric as mean ± std. Each run is `python train.py ...` in its own process, so the
-numbers are exactly what the command line gives. Writes benchmarks/results.json and results.md.
+numbers are exactly what the command line gives. A finished run is reused when the script runs again
+with the same settings, so an interrupted table resumes at the run it stopped in. Writes
+benchmarks/results.json and results.md, keeping the rows of tasks this command did not run: tasks can be
+measured by separate commands (each row records its own budget and command).
 """
 import argparse
 import json
@@ -18,6 +22,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the project's modules, for `python benchmarks/results.py`
+from lopa import atomic_write, write_text  # noqa: E402
+from train import DEFAULT_LR  # noqa: E402
+
 HERE = os.path.join(ROOT, "benchmarks")
 GRID = {"prompt": [3e-3, 1e-2, 3e-2], "lora": [3e-4, 1e-3, 3e-3], "lopa": [3e-4, 1e-3, 3e-3]}
 
@@ -26,12 +34,22 @@ def train(out, task, method, seed, lr, args, holdout=0):
     cmd = [sys.executable, "train.py", "--task", task, "--method", method, "--seed", str(seed), "--lr", str(lr),
            "--model", args.model, "--epochs", str(args.epochs), "--max-train-examples", str(args.max_train_examples),
            "--out", out, "--overwrite"] + (["--holdout", str(holdout)] if holdout else [])
+    done = os.path.join(out, "result.json")  # written after a run finishes: rerunning the script reuses it
+    if os.path.exists(done):
+        with open(done) as f:
+            info = json.load(f)
+        if info["command"] == cmd[1:]:
+            return info
     t = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+    p = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    if p.returncode:
+        last = p.stderr.strip().splitlines()[-1:] or [f"exit status {p.returncode}"]
+        sys.exit(f"error: `python {' '.join(cmd[1:])}` failed: {last[0]}")
     with open(os.path.join(out, "adapter.json")) as f:
         info = json.load(f)
-    info["wall_s"] = time.time() - t
-    info["adapter_bytes"] = os.path.getsize(os.path.join(out, "adapter.safetensors"))
+    info.update(command=cmd[1:], wall_s=time.time() - t,
+                adapter_bytes=os.path.getsize(os.path.join(out, "adapter.safetensors")))
+    atomic_write(done, lambda p: write_text(p, json.dumps(info, indent=1)))
     return info
 
 
@@ -57,8 +75,6 @@ def main():
     p.add_argument("--select", default="grid", help="grid: choose lr on the held-out slice; none: train.py's defaults")
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "results"))
     args = p.parse_args()
-    sys.path.insert(0, ROOT)
-    from train import DEFAULT_LR
     rows, seeds = [], [int(s) for s in args.seeds.split(",")]
     for task in args.tasks.split(","):
         zero_shot = None
@@ -82,17 +98,26 @@ def main():
         rows.append({"task": task, "method": "zero-shot", "metric_name": rows[-1]["metric_name"], "scores": [zero_shot],
                      "mean": zero_shot, "std": 0.0, "n_seeds": 1, "trainable": 0, "adapter_bytes": 0, "wall_s": 0.0,
                      "model": args.model})
-    budget = f"{args.max_train_examples} training examples, {args.epochs} epochs, lr chosen by {args.select}"
-    with open(os.path.join(HERE, "results.json"), "w") as f:
-        json.dump({"hardware": hardware(), "budget": budget, "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
-    lines = [f"Model {args.model}; {budget}; hardware: {hardware()}.", "",
-             "| task | method | dev metric (mean ± std) | seeds | trainable | adapter | wall time / run |",
-             "|---|---|---|---|---|---|---|"]
+    lr_from = "train.py defaults" if args.select == "none" else f"chosen on {args.holdout} held out of train"
+    budget = f"{args.max_train_examples} examples x {args.epochs} epochs, lr {lr_from}"
+    for r in rows:
+        r.update(budget=budget, command="python " + " ".join(sys.argv), hardware=hardware())
+    path, tasks = os.path.join(HERE, "results.json"), args.tasks.split(",")
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [r for r in json.load(f)["rows"] if r["task"] not in tasks] + rows
+    budgets = " / ".join(dict.fromkeys(f"{r['task']}: {r['budget']}" for r in rows))
+    hardwares = " / ".join(dict.fromkeys(r["hardware"] for r in rows))
+    text = json.dumps({"hardware": hardwares, "budget": budgets, "rows": rows}, indent=1)
+    atomic_write(path, lambda p: write_text(p, text))
+    lines = [f"Hardware: {hardwares}.", "", "| task | method | dev metric (mean ± std) | seeds | budget | trainable |"
+             " adapter | wall time / run |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['method']} | {r['metric_name']} {100 * r['mean']:.1f} ± {100 * r['std']:.1f} | "
-                     f"{r['n_seeds']} | {r['trainable']:,} | {r['adapter_bytes'] / 1e6:.2f} MB | {r['wall_s']:.0f} s |")
-    with open(os.path.join(HERE, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+                     f"{r['n_seeds']} | {r['budget']} | {r['trainable']:,} | {r['adapter_bytes'] / 1e6:.2f} MB | "
+                     f"{r['wall_s']:.0f} s |")
+    lines += ["", "Commands: " + " ; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))]
+    atomic_write(os.path.join(HERE, "results.md"), lambda p: write_text(p, "\n".join(lines) + "\n"))
     print("\n".join(lines))
 
 

@@ -1,7 +1,11 @@
-"""The exercises' solutions (exercises/) and the results figure (benchmarks/plot_results.py), on tiny random models."""
+"""The exercises' solutions (exercises/) and the results scripts (benchmarks/results.py, plot_results.py), on tiny
+random models or made-up runs."""
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -9,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from benchmarks import plot_results
+from benchmarks import plot_results, results
 from exercises.idpg import IDPG, IDPGConfig, closed_form_idpg
 from exercises.idpg import main as idpg_main
 from exercises.mean_pool import MeanPoolLOPA, mean_hidden
@@ -265,3 +269,48 @@ def test_plot_results_bad_input_is_one_line(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "r.svg").exists()
+
+
+def test_results_py_picks_lr_on_the_held_out_slice_reuses_runs_and_keeps_other_tasks(tmp_path, monkeypatch):
+    old = {**result("lora", 5, 0.9), "budget": "old budget", "command": "old command", "hardware": "old CPU"}
+    (tmp_path / "results.json").write_text(json.dumps({"rows": [old, {**old, "task": "mrpc"}]}))
+    calls, real_run = [], subprocess.run
+
+    def fake_train_py(cmd, **kw):                                       # stands in for one train.py process
+        if cmd[1:2] != ["train.py"]:
+            return real_run(cmd, **kw)                                  # platform.processor() asks `uname`
+        flag = {a: b for a, b in zip(cmd, cmd[1:]) if a.startswith("--")}
+        seed, lr, holdout = int(flag["--seed"]), float(flag["--lr"]), int(flag.get("--holdout", 0))
+        calls.append((seed, lr, holdout))
+        score = lr if holdout else 0.5 + seed / 10                      # the held-out slice favours the largest lr
+        os.makedirs(flag["--out"], exist_ok=True)
+        with open(os.path.join(flag["--out"], "adapter.json"), "w") as f:
+            json.dump({"metrics": {"dev": {"metric": score}, "zero_shot": {"metric": 0.4}}, "metric_name": "f1",
+                       "trainable": 7}, f)
+        with open(os.path.join(flag["--out"], "adapter.safetensors"), "wb") as f:
+            f.write(bytes(28))
+        return subprocess.CompletedProcess(cmd, 0, stderr="")
+    monkeypatch.setattr(results, "HERE", str(tmp_path))
+    monkeypatch.setattr(results.subprocess, "run", fake_train_py)
+    argv = ["benchmarks/results.py", "--tasks", "mrpc", "--methods", "lopa", "--seeds", "0,1", "--runs", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    quiet(results.main)
+    best = max(results.GRID["lopa"])
+    assert calls == [(0, lr, 500) for lr in results.GRID["lopa"]] + [(0, best, 0), (1, best, 0)]
+    written = json.loads((tmp_path / "results.json").read_text())
+    rows = written["rows"]
+    assert [(r["task"], r["method"]) for r in rows] == [("sst2", "lora"), ("mrpc", "lopa"), ("mrpc", "zero-shot")]
+    assert rows[0] == old and rows[1]["lr"] == best and rows[1]["scores"] == [0.5, 0.6]
+    assert rows[1]["command"] == "python " + " ".join(argv) and rows[1]["adapter_bytes"] == 28
+    md = (tmp_path / "results.md").read_text()
+    assert "| sst2 | lora | acc 90.0 ± 1.0 | 3 | old budget |" in md and "`old command`" in md
+    assert "| mrpc | lopa | f1 55.0 ± 7.1 | 2 | 2000 examples x 2 epochs, lr chosen on 500 held out of train |" in md
+
+    quiet(results.main)                                                 # again: every run is reused, none retrained
+    assert len(calls) == 5 and json.loads((tmp_path / "results.json").read_text())["rows"][1]["scores"] == [0.5, 0.6]
+
+    monkeypatch.setattr(results.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 2, stderr="epoch 1/2: 10%\rerror: loss became nan at step 3\n"))
+    monkeypatch.setattr(sys, "argv", argv[:-2] + ["--runs", str(tmp_path / "new")])
+    with pytest.raises(SystemExit, match=r"^error: `python train.py --task mrpc .*` failed: error: loss became nan"):
+        results.main()
