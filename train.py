@@ -118,26 +118,24 @@ def encode_split(task, rows, tokenizer, max_len):
 
 @torch.no_grad()
 def per_example(fn, ids, labels, device, batch_size, desc):
-    """(N, d): fn(ids, lengths) -> (B, d) for every example, in length-sorted batches."""
+    """(N, d): fn(ids, lengths, index) -> (B, d) for every example, in length-sorted batches."""
     out = None
     for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc=desc, leave=False,
                   total=math.ceil(len(ids) / batch_size)):
-        h = fn(b["ids"].to(device), b["lengths"].to(device))
+        index = b["index"].to(device)
+        h = fn(b["ids"].to(device), b["lengths"].to(device), index)
         out = h.new_empty(len(ids), h.size(1)) if out is None else out
-        out[b["index"].to(device)] = h
+        out[index] = h
     return out
 
 
-@torch.no_grad()
-def evaluate(task, tuner, model, ids, labels, label_ids, enc, device, batch_size):
+def evaluate(task, tuner, model, ids, labels, label_ids, enc, device, batch_size, desc):
+    """The task metric of the tuned model; enc holds LOPA's encoder vector of every example (None otherwise)."""
     tuner.eval()
-    preds = torch.empty(len(ids), dtype=torch.long)
-    for b in tqdm(data.batches(ids, labels, batch_size, shuffle=False), desc="dev", leave=False,
-                  total=math.ceil(len(ids) / batch_size)):
-        h = tuner(b["ids"].to(device), b["lengths"].to(device), None if enc is None else enc[b["index"].to(device)])
-        preds[b["index"]] = label_logits(model, h, label_ids).argmax(-1).cpu()
+    h = per_example(lambda i, n, index: tuner(i, n, None if enc is None else enc[index]), ids, labels, device,
+                    batch_size, desc)
     tuner.train()
-    return data.score(task, preds.tolist(), labels)
+    return data.score(task, label_logits(model, h, label_ids).argmax(-1).tolist(), labels)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -193,6 +191,7 @@ def main(argv=None):
     print(f"model: {model_name} ({why}); device: {device}")
     train_rows, dev_rows = data.load_split(args.task, "train"), data.load_split(args.task, "dev")
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))
+    split = "held-out" if args.holdout else "dev"  # what the evaluations below score
     if args.holdout:  # a validation slice cut from train (the same for every seed), replacing dev
         if args.holdout >= len(train_rows):
             raise UserError(f"--holdout {args.holdout} leaves no training examples (train has {len(train_rows)})")
@@ -203,7 +202,7 @@ def main(argv=None):
     n_train = len(order) if limit == "all" else min(int(limit), len(order))
     hint = "" if n_train == len(order) else " (a random subset; --max-train-examples all trains on every one)"
     print(f"task: {args.task}; training on {n_train:,} of {len(order):,} examples{hint}; "
-          f"{'held-out' if args.holdout else 'dev'}: {len(dev_rows):,}")
+          f"{split}: {len(dev_rows):,}")
     run_key = {"task": args.task, "model": model_name, "method": args.method, "seed": args.seed, "lr": args.lr,
                "epochs": args.epochs, "batch_size": args.batch_size, "n_train": n_train, "holdout": args.holdout,
                "m": args.m, "r": args.r, "hidden": args.hidden, "combine": args.combine, "lora_r": args.lora_r}
@@ -237,17 +236,18 @@ def main(argv=None):
             raise UserError(f"the run in {args.out} already finished; its adapter is {args.out}/adapter.safetensors")
         print(f"resuming at step {state['step']}/{total_steps}")
     bs = 2 * args.batch_size  # no gradients to keep: evaluation fits twice the batch
-    dev_h = per_example(lambda i, n: last_hidden(model, i, n), dev_ids, dev_y, device, bs, "zero-shot")
+    dev_h = per_example(lambda i, n, _: last_hidden(model, i, n), dev_ids, dev_y, device, bs, "zero-shot")
     if state["zero_shot"] is None:
         state["zero_shot"] = data.score(task, label_logits(model, dev_h, label_ids).argmax(-1).tolist(), dev_y)
-    print(f"zero-shot dev {task.metric} {state['zero_shot']['metric']:.4f} (template alone, no prompt)")
+    print(f"zero-shot {split} {task.metric} {state['zero_shot']['metric']:.4f} (template alone, no prompt)")
     # LOPA's e = Enc(x) never changes (see lopa.LOPA.encode): compute it once per example, not every epoch.
     # Its default encoder is this frozen model read without a prompt, which is exactly the zero-shot pass.
     train_enc = dev_enc = None
     if isinstance(tuner, LOPA):
-        train_enc = per_example(tuner.encode, train_ids, train_y, device, bs, "encode")
+        train_enc = per_example(lambda i, n, _: tuner.encode(i, n), train_ids, train_y, device, bs, "encode")
         default = type(tuner).encode is LOPA.encode and tuner.encoder is model
-        dev_enc = dev_h if default else per_example(tuner.encode, dev_ids, dev_y, device, bs, "encode dev")
+        dev_enc = dev_h if default else per_example(lambda i, n, _: tuner.encode(i, n), dev_ids, dev_y, device, bs,
+                                                    f"encode {split}")
 
     def checkpoint():
         save_checkpoint(args.out, tuner, opt, state)
@@ -287,11 +287,11 @@ def main(argv=None):
                 checkpoint()
         bar.close()
         ms = 1000 * (time.time() - t_epoch) / max(1, len(losses))
-        res = evaluate(task, tuner, model, dev_ids, dev_y, label_ids, dev_enc, device, bs)
+        res = evaluate(task, tuner, model, dev_ids, dev_y, label_ids, dev_enc, device, bs, split)
         row = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)), **{f"dev_{k}": v for k, v in res.items()}}
         state["history"].append(row)
         print(f"epoch {epoch + 1}/{args.epochs} | step {step}/{total_steps} | loss {row['loss']:.3f} | "
-              f"dev {task.metric} {res['metric']:.4f} | lr {opt.param_groups[0]['lr']:.1e} | {ms:.0f} ms/step")
+              f"{split} {task.metric} {res['metric']:.4f} | lr {opt.param_groups[0]['lr']:.1e} | {ms:.0f} ms/step")
         atomic_write(os.path.join(args.out, "metrics.jsonl"),
                      lambda p: write_text(p, "".join(json.dumps(r) + "\n" for r in state["history"])))
         if state["best"] is None or res["metric"] > state["best"]["metric"]:
@@ -305,7 +305,7 @@ def main(argv=None):
     checkpoint()
     size = os.path.getsize(os.path.join(args.out, "adapter.safetensors"))
     best = state["best"]
-    print(f"\ndone in {time.time() - t0:.0f} s | dev {task.metric} {best['metric']:.4f} (epoch {best['epoch']}) | "
+    print(f"\ndone in {time.time() - t0:.0f} s | {split} {task.metric} {best['metric']:.4f} (epoch {best['epoch']}) | "
           f"zero-shot {state['zero_shot']['metric']:.4f} | trainable {n_params:,} ({100 * n_params / n_model:.2g}%) | "
           f"adapter {size / 1e6:.2f} MB in {args.out}/adapter.safetensors")
     return 0

@@ -133,7 +133,8 @@ def test_auto_model_falls_back_to_smollm2_offline(monkeypatch):
 def test_holdout_evaluates_on_a_slice_of_train_not_dev(tiny_gpt2, tmp_path, capsys):
     out = tmp_path / "o"
     assert train.main(["--task", "rte", *quick(tiny_gpt2, out), "--holdout", "40"]) == 0
-    assert "held-out: 40" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "held-out: 40" in log and "zero-shot held-out acc" in log and "| held-out acc" in log and " dev " not in log
     info = json.loads((out / "adapter.json").read_text())
     assert info["holdout"] == 40 and info["trainable"] > 0 and info["metric_name"] == "acc"
     with pytest.raises(UserError, match="leaves no training examples"):
