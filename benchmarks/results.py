@@ -9,8 +9,8 @@ training set (never on dev), with seed 0; then trains with that rate for every s
 best-epoch dev metric as mean ± std. Each run is `python train.py ...` in its own process, so the
 numbers are exactly what the command line gives. A finished run is reused when the script runs again
 with the same settings, so an interrupted table resumes at the run it stopped in. Writes
-benchmarks/results.json and results.md, keeping the rows of tasks this command did not run: tasks can be
-measured by separate commands (each row records its own budget and command).
+benchmarks/results.json and results.md, keeping the rows of tasks and methods this command did not run:
+they can be measured by separate commands (each row records its own budget and command).
 """
 import argparse
 import json
@@ -102,10 +102,10 @@ def main():
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs, lr {lr_from}"
     for r in rows:
         r.update(budget=budget, command="python " + " ".join(sys.argv), hardware=hardware())
-    path, tasks = os.path.join(HERE, "results.json"), args.tasks.split(",")
-    if os.path.exists(path):
+    path, new = os.path.join(HERE, "results.json"), {(r["task"], r["method"]): r for r in rows}
+    if os.path.exists(path):  # rows this command measured again replace the old ones in place; others stay
         with open(path) as f:
-            rows = [r for r in json.load(f)["rows"] if r["task"] not in tasks] + rows
+            rows = [new.pop((r["task"], r["method"]), r) for r in json.load(f)["rows"]] + list(new.values())
     budgets = " / ".join(dict.fromkeys(f"{r['task']}: {r['budget']}" for r in rows))
     hardwares = " / ".join(dict.fromkeys(r["hardware"] for r in rows))
     text = json.dumps({"hardware": hardwares, "budget": budgets, "rows": rows}, indent=1)

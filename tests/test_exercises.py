@@ -271,9 +271,10 @@ def test_plot_results_bad_input_is_one_line(tmp_path, capsys, content, message):
     assert not (tmp_path / "r.svg").exists()
 
 
-def test_results_py_picks_lr_on_the_held_out_slice_reuses_runs_and_keeps_other_tasks(tmp_path, monkeypatch):
+def test_results_py_picks_lr_on_the_held_out_slice_reuses_runs_and_keeps_other_rows(tmp_path, monkeypatch):
     old = {**result("lora", 5, 0.9), "budget": "old budget", "command": "old command", "hardware": "old CPU"}
-    (tmp_path / "results.json").write_text(json.dumps({"rows": [old, {**old, "task": "mrpc"}]}))
+    stale = {**old, "task": "mrpc", "method": "lopa"}                    # measured again below: replaced in place
+    (tmp_path / "results.json").write_text(json.dumps({"rows": [old, stale, {**old, "task": "mrpc"}]}))
     calls, real_run = [], subprocess.run
 
     def fake_train_py(cmd, **kw):                                       # stands in for one train.py process
@@ -299,15 +300,17 @@ def test_results_py_picks_lr_on_the_held_out_slice_reuses_runs_and_keeps_other_t
     assert calls == [(0, lr, 500) for lr in results.GRID["lopa"]] + [(0, best, 0), (1, best, 0)]
     written = json.loads((tmp_path / "results.json").read_text())
     rows = written["rows"]
-    assert [(r["task"], r["method"]) for r in rows] == [("sst2", "lora"), ("mrpc", "lopa"), ("mrpc", "zero-shot")]
-    assert rows[0] == old and rows[1]["lr"] == best and rows[1]["scores"] == [0.5, 0.6]
-    assert rows[1]["command"] == "python " + " ".join(argv) and rows[1]["adapter_bytes"] == 28
+    assert [(r["task"], r["method"]) for r in rows] == [("sst2", "lora"), ("mrpc", "lopa"), ("mrpc", "lora"),
+                                                        ("mrpc", "zero-shot")]
+    assert rows[0] == old and rows[2] == {**old, "task": "mrpc"} and rows[1]["lr"] == best
+    assert rows[1]["scores"] == [0.5, 0.6] and rows[1]["command"] == "python " + " ".join(argv)
+    assert rows[1]["adapter_bytes"] == 28
     md = (tmp_path / "results.md").read_text()
     assert "| sst2 | lora | acc 90.0 ± 1.0 | 3 | old budget |" in md and "`old command`" in md
     assert "| mrpc | lopa | f1 55.0 ± 7.1 | 2 | 2000 examples x 2 epochs, lr chosen on 500 held out of train |" in md
 
     quiet(results.main)                                                 # again: every run is reused, none retrained
-    assert len(calls) == 5 and json.loads((tmp_path / "results.json").read_text())["rows"][1]["scores"] == [0.5, 0.6]
+    assert len(calls) == 5 and json.loads((tmp_path / "results.json").read_text())["rows"] == rows
 
     monkeypatch.setattr(results.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 2, stderr="epoch 1/2: 10%\rerror: loss became nan at step 3\n"))
