@@ -100,8 +100,9 @@ def main():
                      "model": args.model})
     lr_from = "train.py defaults" if args.select == "none" else f"chosen on {args.holdout} held out of train"
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs, lr {lr_from}"
+    run_by = {"budget": budget, "command": "python " + " ".join(sys.argv), "hardware": hardware()}
     for r in rows:
-        r.update(budget=budget, command="python " + " ".join(sys.argv), hardware=hardware())
+        r.update(run_by)
     path, new = os.path.join(HERE, "results.json"), {(r["task"], r["method"]): r for r in rows}
     if os.path.exists(path):  # rows this command measured again replace the old ones in place; others stay
         with open(path) as f:
