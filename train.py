@@ -244,10 +244,10 @@ def main(argv=None):
     # Its default encoder is this frozen model read without a prompt, which is exactly the zero-shot pass.
     train_enc = dev_enc = None
     if isinstance(tuner, LOPA):
-        train_enc = per_example(lambda i, n, _: tuner.encode(i, n), train_ids, train_y, device, bs, "encode")
+        encode = lambda i, n, _: tuner.encode(i, n)  # noqa: E731
+        train_enc = per_example(encode, train_ids, train_y, device, bs, "encode")
         default = type(tuner).encode is LOPA.encode and tuner.encoder is model
-        dev_enc = dev_h if default else per_example(lambda i, n, _: tuner.encode(i, n), dev_ids, dev_y, device, bs,
-                                                    f"encode {split}")
+        dev_enc = dev_h if default else per_example(encode, dev_ids, dev_y, device, bs, f"encode {split}")
 
     def checkpoint():
         save_checkpoint(args.out, tuner, opt, state)
