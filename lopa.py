@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from model import UserError
@@ -52,6 +53,18 @@ def vocab_init(model, m):
     return model.embed(rows.to(model.lm_head.weight.device)).detach().clone()  # (m, d)
 
 
+def init_prompt(model, m, init):
+    """Z_S's start: "vocab" (above) or "random", N(0, 1) as the paper's code starts it."""
+    if init == "random":
+        return torch.randn(m, model.config.n_embd, device=model.lm_head.weight.device)  # (m, d)
+    return vocab_init(model, m)
+
+
+def check_init(init):
+    if init not in ("vocab", "random"):
+        raise UserError(f"init must be 'vocab' or 'random', got {init!r}")
+
+
 class Tuner(nn.Module):
     """Common plumbing. The frozen model is kept out of the module tree (plain attribute in __dict__),
     so parameters(), state_dict() and the saved adapter hold the tuner's own tensors only."""
@@ -77,10 +90,12 @@ class Tuner(nn.Module):
 @dataclass
 class PromptConfig:
     m: int = 10            # number of virtual tokens prepended to the input
+    init: str = "vocab"    # Z_S's start: "vocab" (token embeddings) or "random" (N(0, 1), the paper's)
 
     def __post_init__(self):
         if self.m < 1:
             raise UserError(f"prompt length m must be >= 1, got {self.m}")
+        check_init(self.init)
 
 
 class PromptTuning(Tuner):
@@ -89,7 +104,7 @@ class PromptTuning(Tuner):
 
     def __init__(self, model, config=PromptConfig()):
         super().__init__(model, config)
-        self.z_s = nn.Parameter(vocab_init(model, config.m))          # (m, d)
+        self.z_s = nn.Parameter(init_prompt(model, config.m, config.init))  # (m, d)
 
     def prompt(self, ids, lengths, enc=None):
         return self.z_s.expand(ids.size(0), -1, -1)                   # (m, d) -> (B, m, d)
@@ -103,7 +118,9 @@ class LOPAConfig:
     r: int = 4                 # rank of the instance-specific part Z_I = u vᵀ
     hidden: int = 256          # H, the width of MLP_u and MLP_v
     dropout: float = 0.1       # on the encoder vector e, the MLPs' only regulariser
-    combine: str = "sigmoid"   # "sigmoid": Z = Z_S ⊙ σ(Z_I) (the paper's);  "add": Z = Z_S + Z_I (an official variant)
+    combine: str = "sigmoid"   # how Z_I enters Z: see COMBINE
+    init: str = "vocab"        # Z_S's start: "vocab" (token embeddings) or "random" (N(0, 1))
+    encoder_norm: str = "none"  # e as the MLPs see it: "none", or "l2" (unit length, as the codegen code)
 
     def __post_init__(self):
         for name in ("m", "r", "hidden"):
@@ -111,8 +128,18 @@ class LOPAConfig:
                 raise UserError(f"LOPA's {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.combine not in ("sigmoid", "add"):
-            raise UserError(f"combine must be 'sigmoid' or 'add', got {self.combine!r}")
+        if self.combine not in COMBINE:
+            raise UserError(f"combine must be one of {', '.join(COMBINE)}; got {self.combine!r}")
+        check_init(self.init)
+        if self.encoder_norm not in ("none", "l2"):
+            raise UserError(f"encoder_norm must be 'none' or 'l2', got {self.encoder_norm!r}")
+
+
+COMBINE = {  # name: (the instance term t made from Z_I, Z from Z_S and t)
+    "sigmoid": (torch.sigmoid, lambda z_s, t: z_s * t),              # the paper's: Z = Z_S ⊙ σ(Z_I)
+    "2sigmoid": (torch.sigmoid, lambda z_s, t: 2 * z_s * t),         # Z = Z_S ⊙ 2σ(Z_I): starts at Z_S
+    "add": (lambda z_i: z_i, lambda z_s, t: z_s + t),                # Z = Z_S + Z_I, an official variant
+}
 
 
 def mlp(h_enc, H, out, p):
@@ -123,17 +150,13 @@ def mlp(h_enc, H, out, p):
     return net
 
 
-class LOPA(Tuner):
-    method = "lopa"
+class InstanceTuner(Tuner):
+    """A tuner whose prompt is made from e = Enc(x), one vector per input (LOPA, IDPG)."""
 
-    def __init__(self, model, config=LOPAConfig(), encoder=None):
+    def __init__(self, model, config, encoder=None):
         super().__init__(model, config)
         # The encoder is frozen too: by default the foundation model itself (read without the prompt).
         self.__dict__["encoder"] = (encoder or model).requires_grad_(False)
-        c, d, h_enc = config, model.config.n_embd, self.encoder.config.n_embd
-        self.z_s = nn.Parameter(vocab_init(model, c.m))               # (m, d)
-        self.mlp_u = mlp(h_enc, c.hidden, c.m * c.r, c.dropout)
-        self.mlp_v = mlp(h_enc, c.hidden, d * c.r, c.dropout)
 
     @torch.no_grad()
     def encode(self, ids, lengths):
@@ -142,15 +165,65 @@ class LOPA(Tuner):
         # example and reuses it every epoch, and no graph (nor gradient) ever reaches the encoder.
         return last_hidden(self.encoder, ids, lengths)                # (B, h_enc)
 
-    def prompt(self, ids, lengths, enc=None):
-        e = self.encode(ids, lengths) if enc is None else enc         # (B, h_enc)
+
+class LOPA(InstanceTuner):
+    method = "lopa"
+
+    def __init__(self, model, config=LOPAConfig(), encoder=None):
+        super().__init__(model, config, encoder)
+        c, d, h_enc = config, model.config.n_embd, self.encoder.config.n_embd
+        self.z_s = nn.Parameter(init_prompt(model, c.m, c.init))      # (m, d)
+        self.mlp_u = mlp(h_enc, c.hidden, c.m * c.r, c.dropout)
+        self.mlp_v = mlp(h_enc, c.hidden, d * c.r, c.dropout)
+
+    def instance_term(self, e):
+        """t(Z_I) from e (B, h_enc): σ(Z_I) for the sigmoid gates, Z_I itself for add. (B, m, d)"""
+        if self.config.encoder_norm == "l2":
+            e = F.normalize(e, dim=-1)
         B, (m, r), d = e.size(0), (self.config.m, self.config.r), self.z_s.size(1)
         u = self.mlp_u(e).view(B, m, r)                               # (B, h_enc) -> (B, m, r)
         v = self.mlp_v(e).view(B, d, r)                               # (B, h_enc) -> (B, d, r)
         z_i = u @ v.transpose(1, 2)                                   # (B, m, r) @ (B, r, d) -> (B, m, d)
-        if self.config.combine == "add":
-            return self.z_s + z_i                                     # (m, d) + (B, m, d) -> (B, m, d)
-        return self.z_s * torch.sigmoid(z_i)                          # (m, d) ⊙ (B, m, d) -> (B, m, d)
+        return COMBINE[self.config.combine][0](z_i)
+
+    def combine(self, t):
+        return COMBINE[self.config.combine][1](self.z_s, t)          # (m, d), (B, m, d) -> (B, m, d)
+
+    def prompt(self, ids, lengths, enc=None):
+        e = self.encode(ids, lengths) if enc is None else enc         # (B, h_enc)
+        return self.combine(self.instance_term(e))
+
+
+# ----------------------------------------------------------------------------- IDPG
+
+@dataclass
+class IDPGConfig:
+    m: int = 10                # number of virtual tokens
+    hidden: int = 256          # H, the width of the generator
+    dropout: float = 0.1       # on the encoder vector e, as in LOPA
+
+    def __post_init__(self):
+        if self.m < 1 or self.hidden < 1 or not 0 <= self.dropout < 1:
+            raise UserError(f"IDPG needs m >= 1, hidden >= 1, 0 <= dropout < 1; "
+                            f"got {self.m}, {self.hidden}, {self.dropout}")
+
+
+class IDPG(InstanceTuner):
+    """IDPG (Wu et al. 2022), the paper's instance-dependent baseline: Z = MLP(e) reshaped (m, d), one
+    full-rank prompt per input, with no Z_S and no rank limit. Trainable: (h_enc H + H) + (H m d + m d)."""
+    method = "idpg"
+
+    def __init__(self, model, config=IDPGConfig(), encoder=None):
+        super().__init__(model, config, encoder)
+        d, h_enc = model.config.n_embd, self.encoder.config.n_embd
+        self.mlp = mlp(h_enc, config.hidden, config.m * d, config.dropout)
+        # The output bias is the prompt for e = 0; starting it at token embeddings puts the first
+        # prompts where prompt tuning's start: in the input space the frozen model knows.
+        self.mlp[3].bias = nn.Parameter(vocab_init(model, config.m).flatten())  # (m, d) -> (m d,)
+
+    def prompt(self, ids, lengths, enc=None):
+        e = self.encode(ids, lengths) if enc is None else enc         # (B, h_enc)
+        return self.mlp(e).view(e.size(0), self.config.m, -1)         # (B, m d) -> (B, m, d)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -206,7 +279,8 @@ class LoRA(Tuner):
         self.hooks = []
 
 
-METHODS = {"prompt": (PromptTuning, PromptConfig), "lopa": (LOPA, LOPAConfig), "lora": (LoRA, LoRAConfig)}
+METHODS = {"prompt": (PromptTuning, PromptConfig), "lopa": (LOPA, LOPAConfig), "lora": (LoRA, LoRAConfig),
+           "idpg": (IDPG, IDPGConfig)}
 
 
 # ----------------------------------------------------------------------------- one model, many tasks
@@ -283,6 +357,8 @@ def closed_form(method, d, h_enc, m=10, r=4, H=256, lora_r=16, lora_shapes=()):
         return m * d
     if method == "lopa":
         return m * d + 2 * (h_enc * H + H) + (H * m * r + m * r) + (H * d * r + d * r)
+    if method == "idpg":
+        return (h_enc * H + H) + (H * m * d + m * d)
     return sum(lora_r * (i + o) for i, o in lora_shapes)
 
 

@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import data
-from lopa import LOPA, METHODS, atomic_write, label_logits, last_hidden, save_adapter, write_text
+from lopa import COMBINE, METHODS, InstanceTuner, atomic_write, label_logits, last_hidden, save_adapter, write_text
 from model import UserError, load_model
 
-DEFAULT_LR = {"lopa": 1e-3, "prompt": 1e-2, "lora": 1e-3}
+DEFAULT_LR = {"lopa": 1e-3, "prompt": 1e-2, "lora": 1e-3, "idpg": 1e-3}
 CPU_TRAIN_EXAMPLES = 2000   # the default subset on a CPU: see README, "Choosing the CPU budget"
 
 
@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, help=f"one of: {', '.join(data.TASKS)}")
     p.add_argument("--model", default="auto", help="hub id, local folder, .gguf file, smollm2, or auto")
-    p.add_argument("--method", default="lopa", help="lopa, prompt or lora")
+    p.add_argument("--method", default="lopa", help=", ".join(METHODS))
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-train-examples", default=None, help="N or 'all' (default: all on a GPU, "
                    f"{CPU_TRAIN_EXAMPLES} on a CPU)")
@@ -49,7 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--m", type=int, default=10, help="soft prompt length (lopa, prompt)")
     p.add_argument("--r", type=int, default=4, help="rank of LOPA's Z_I (LoRA: --lora-r)")
     p.add_argument("--hidden", type=int, default=256, help="width H of LOPA's MLPs")
-    p.add_argument("--combine", default="sigmoid", help="LOPA: sigmoid (Z_S * sigmoid(uv^T)) or add")
+    p.add_argument("--combine", default="sigmoid", help=f"LOPA: {', '.join(COMBINE)} (see lopa.COMBINE)")
+    p.add_argument("--init", default="vocab", help="Z_S's start (lopa, prompt): vocab or random")
+    p.add_argument("--encoder-norm", default="none", help="LOPA: e as the MLPs see it, none or l2")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between resumable checkpoints")
     a = p.parse_args(argv)
@@ -66,8 +68,10 @@ def parse_args(argv=None):
         raise UserError(f"--lr must be positive, got {a.lr}")
     if a.max_train_examples not in (None, "all") and not (a.max_train_examples.isdigit() and int(a.max_train_examples) > 0):
         raise UserError(f"--max-train-examples must be a positive integer or 'all', got {a.max_train_examples!r}")
-    fields = {"lopa": dict(m=a.m, r=a.r, hidden=a.hidden, combine=a.combine), "prompt": dict(m=a.m),
-              "lora": dict(r=a.lora_r)}[a.method]
+    fields = {"lopa": dict(m=a.m, r=a.r, hidden=a.hidden, combine=a.combine, init=a.init,
+                           encoder_norm=a.encoder_norm),
+              "prompt": dict(m=a.m, init=a.init), "lora": dict(r=a.lora_r),
+              "idpg": dict(m=a.m, hidden=a.hidden)}[a.method]
     a.config = METHODS[a.method][1](**fields)  # validates m, r, ... with a clear message
     a.lr = a.lr or DEFAULT_LR[a.method]
     a.out = a.out or os.path.join("runs", f"{a.task}-{a.method}")
@@ -205,7 +209,8 @@ def main(argv=None):
           f"{split}: {len(dev_rows):,}")
     run_key = {"task": args.task, "model": model_name, "method": args.method, "seed": args.seed, "lr": args.lr,
                "epochs": args.epochs, "batch_size": args.batch_size, "n_train": n_train, "holdout": args.holdout,
-               "m": args.m, "r": args.r, "hidden": args.hidden, "combine": args.combine, "lora_r": args.lora_r}
+               "m": args.m, "r": args.r, "hidden": args.hidden, "combine": args.combine, "lora_r": args.lora_r,
+               "init": args.init, "encoder_norm": args.encoder_norm}
     check_out_folder(args, run_key)
 
     model, tokenizer = load_model(model_name)
@@ -243,10 +248,10 @@ def main(argv=None):
     # LOPA's e = Enc(x) never changes (see lopa.LOPA.encode): compute it once per example, not every epoch.
     # Its default encoder is this frozen model read without a prompt, which is exactly the zero-shot pass.
     train_enc = dev_enc = None
-    if isinstance(tuner, LOPA):
+    if isinstance(tuner, InstanceTuner):
         encode = lambda i, n, _: tuner.encode(i, n)  # noqa: E731
         train_enc = per_example(encode, train_ids, train_y, device, bs, "encode")
-        default = type(tuner).encode is LOPA.encode and tuner.encoder is model
+        default = type(tuner).encode is InstanceTuner.encode and tuner.encoder is model
         dev_enc = dev_h if default else per_example(encode, dev_ids, dev_y, device, bs, f"encode {split}")
 
     def checkpoint():

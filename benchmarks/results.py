@@ -31,9 +31,16 @@ GRID = {"prompt": [3e-3, 1e-2, 3e-2], "lora": [3e-4, 1e-3, 3e-3], "lopa": [3e-4,
 
 
 def train(out, task, method, seed, lr, args, holdout=0):
-    cmd = [sys.executable, "train.py", "--task", task, "--method", method, "--seed", str(seed), "--lr", str(lr),
-           "--model", args.model, "--epochs", str(args.epochs), "--max-train-examples", str(args.max_train_examples),
-           "--out", out, "--overwrite"] + (["--holdout", str(holdout)] if holdout else [])
+    return run_train(out, ["--task", task, "--method", method, "--seed", str(seed), "--lr", str(lr),
+                           "--model", args.model, "--epochs", str(args.epochs),
+                           "--max-train-examples", str(args.max_train_examples)]
+                     + (["--holdout", str(holdout)] if holdout else []))
+
+
+def run_train(out, flags, env=None):
+    """`python train.py FLAGS --out OUT` in its own process, or the finished run's result.json when
+    an earlier call ran the same command: an interrupted table resumes at the run it stopped in."""
+    cmd = [sys.executable, "train.py", *flags, "--out", out, "--overwrite"]
     done = os.path.join(out, "result.json")  # written after a run finishes: rerunning the script reuses it
     if os.path.exists(done):
         with open(done) as f:
@@ -41,7 +48,7 @@ def train(out, task, method, seed, lr, args, holdout=0):
         if info["command"] == cmd[1:]:
             return info
     t = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     if p.returncode:
         last = p.stderr.strip().splitlines()[-1:] or [f"exit status {p.returncode}"]
         sys.exit(f"error: `python {' '.join(cmd[1:])}` failed: {last[0]}")

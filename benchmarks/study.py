@@ -1,0 +1,191 @@
+"""Does prompt tuning strike back here? Every arm of the study, over seeds, at one budget.
+
+    python benchmarks/study.py --jobs 2                    # every arm, seeds 0,1,2; resumes finished runs
+    python benchmarks/study.py --arms lopa,prompt --seeds 0
+    python benchmarks/study.py --report                    # the table from the runs finished so far
+
+An arm is one train.py configuration (ARMS). Each run is `python train.py ...` in its own process, so
+its number is exactly what that command line gives, and a finished run is reused when the script
+runs again: its record (benchmarks/study/*.json) is committed, so the study continues across sessions. Runs go seed by seed, in ARMS' order, so the
+first finished runs already pair up. Nothing is chosen here: every arm's settings are fixed in ARMS
+before any run. For LOPA and IDPG runs the report also runs benchmarks/diagnose.py (is the instance
+part used?). The report gives each arm's mean ± std over seeds, and the paired difference to prompt
+tuning and to LOPA over the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json
+and study.md.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from lopa import atomic_write, write_text  # noqa: E402
+from results import hardware, run_train  # noqa: E402
+
+HERE = os.path.join(ROOT, "benchmarks")
+ARMS = {  # name: (train.py flags, the question the arm answers)
+    "prompt": (["--method", "prompt"], "ours: prompt from token embeddings, lr 1e-2"),
+    "lopa": (["--method", "lopa"], "the paper's LOPA, frozen encoder = the model itself"),
+    "prompt-paper": (["--method", "prompt", "--init", "random", "--lr", "1e-4"],
+                     "the paper's prompt-tuning recipe: N(0, 1) start, lr 1e-4"),
+    "lopa-gate1": (["--method", "lopa", "--combine", "2sigmoid"],
+                   "gate start: Z = Z_S ⊙ 2σ(Z_I) starts at Z_S, not 0.5 Z_S"),
+    "lopa-l2": (["--method", "lopa", "--encoder-norm", "l2"],
+                "e normalised to unit length before the MLPs, as the codegen code"),
+    "lopa-add": (["--method", "lopa", "--combine", "add"], "Z = Z_S + Z_I, an official variant"),
+    "lora": (["--method", "lora"], "LoRA r = 16 on q, k, v"),
+    "idpg": (["--method", "idpg"], "IDPG: a full-rank prompt from e, the paper's baseline"),
+    "lopa-random": (["--method", "lopa", "--init", "random"], "Z_S from N(0, 1), as the official code"),
+}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def name(args, arm, seed):
+    return f"{args.task}-n{args.max_train_examples}-e{args.epochs}-{arm}-seed{seed}"
+
+
+def run_folder(args, arm, seed):
+    return os.path.join(args.runs, name(args, arm, seed))
+
+
+def record(args, arm, seed):
+    """Where a finished run's result.json (and diagnosis) is kept: in git, so that the study resumes
+    in a later session even though the runs' folders (adapters, checkpoints) stay on this machine."""
+    return os.path.join(args.records, name(args, arm, seed) + ".json")
+
+
+def train_and_record(args, arm, seed, env):
+    if finished(args, arm, seed):
+        return
+    info = run_train(run_folder(args, arm, seed), flags(args, arm, seed), env)
+    os.makedirs(args.records, exist_ok=True)
+    atomic_write(record(args, arm, seed), lambda p: write_text(p, json.dumps(info, indent=1) + "\n"))
+
+
+def flags(args, arm, seed):
+    return ["--task", args.task, "--model", args.model, "--seed", str(seed), "--epochs", str(args.epochs),
+            "--max-train-examples", str(args.max_train_examples), *ARMS[arm][0]]
+
+
+def finished(args, arm, seed):
+    """The run's record, or None if it has not finished (with these exact flags)."""
+    path = record(args, arm, seed)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        info = json.load(f)
+    return info if info["command"][1:-3] == flags(args, arm, seed) else None
+
+
+def diagnosis(args, arm, seed):
+    """diagnose.py's numbers for a finished LOPA or IDPG run, computed once and kept in its record
+    (None when the run's adapter is not on this machine and its record has none)."""
+    info, folder = finished(args, arm, seed), run_folder(args, arm, seed)
+    if "diagnose" not in info and os.path.exists(os.path.join(folder, "adapter.json")):
+        path = os.path.join(folder, "diagnose.json")
+        cmd = [sys.executable, "benchmarks/diagnose.py", "--adapter", folder, "--json", path]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        with open(path) as f:
+            info["diagnose"] = json.load(f)
+        atomic_write(record(args, arm, seed), lambda p: write_text(p, json.dumps(info, indent=1) + "\n"))
+    return info.get("diagnose")
+
+
+def paired(a, b):
+    """Mean of a - b over paired seeds, with its 95% t-interval (None with fewer than 2 pairs)."""
+    d = [x - y for x, y in zip(a, b)]
+    if len(d) < 2:
+        return {"n": len(d), "mean": d[0] if d else None, "low": None, "high": None}
+    half = T95[len(d) - 1] * statistics.stdev(d) / len(d) ** 0.5
+    mean = statistics.mean(d)
+    return {"n": len(d), "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def report(args, arms, seeds):
+    rows = {}
+    for arm in arms:
+        runs = {s: r for s in seeds if (r := finished(args, arm, s))}
+        if not runs:
+            continue
+        scores = {s: r["metrics"]["dev"]["metric"] for s, r in runs.items()}
+        row = {"arm": arm, "flags": ARMS[arm][0], "question": ARMS[arm][1], "scores": scores,
+               "mean": statistics.mean(scores.values()),
+               "std": statistics.stdev(scores.values()) if len(scores) > 1 else 0.0,
+               "trainable": next(iter(runs.values()))["trainable"],
+               "zero_shot": next(iter(runs.values()))["metrics"]["zero_shot"]["metric"]}
+        if ARMS[arm][0][1] in ("lopa", "idpg"):
+            row["diagnose"] = {s: d for s in runs if (d := diagnosis(args, arm, s))}
+        rows[arm] = row
+    for row in rows.values():
+        for ref in ("prompt", "lopa"):
+            if ref in rows and ref != row["arm"]:
+                common = sorted(set(row["scores"]) & set(rows[ref]["scores"]))
+                row[f"minus_{ref}"] = paired([row["scores"][s] for s in common],
+                                             [rows[ref]["scores"][s] for s in common])
+    budget = f"{args.max_train_examples} examples x {args.epochs} epochs"
+    out = {"task": args.task, "model": args.model, "budget": budget, "hardware": hardware(),
+           "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]), "rows": list(rows.values())}
+    atomic_write(os.path.join(HERE, "study.json"), lambda p: write_text(p, json.dumps(out, indent=1)))
+    atomic_write(os.path.join(HERE, "study.md"), lambda p: write_text(p, markdown(out)))
+    print(markdown(out))
+
+
+def interval(p):
+    if p["low"] is None:
+        return "-" if p["mean"] is None else f"{100 * p['mean']:+.2f} (1 seed)"
+    verdict = "" if p["low"] > 0 or p["high"] < 0 else ", n.s."
+    return f"{100 * p['mean']:+.2f} [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]{verdict}"
+
+
+def markdown(out):
+    lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}.", "",
+             "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) | minus lopa (95% CI) "
+             "| mean-e ablation: Δ metric, predictions changed | trainable |", "|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        seeds = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
+        diag = "-"
+        if r.get("diagnose"):
+            ds = list(r["diagnose"].values())
+            diag = (f"{100 * statistics.mean(d['mean_e']['metric'] - d['real']['metric'] for d in ds):+.2f}, "
+                    f"{statistics.mean(d['mean_e']['changed'] for d in ds):.0f} of {ds[0]['n']}")
+        lines.append(f"| {r['arm']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {seeds} | "
+                     f"{interval(r['minus_prompt']) if 'minus_prompt' in r else '-'} | "
+                     f"{interval(r['minus_lopa']) if 'minus_lopa' in r else '-'} | {diag} | "
+                     f"{r['trainable']:,} |")
+    lines += ["", "Arms:"] + [f"- {r['arm']}: `{' '.join(r['flags'])}`: {r['question']}" for r in out["rows"]]
+    lines += ["", f"Command: `{out['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-train-examples", default="2000")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once; each gets cores / jobs threads")
+    p.add_argument("--report", action="store_true", help="only tabulate the runs already finished")
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs", "study"), help="the runs' folders")
+    p.add_argument("--records", default=os.path.join(HERE, "study"), help="finished runs' records")
+    args = p.parse_args()
+    arms, seeds = args.arms.split(","), [int(s) for s in args.seeds.split(",")]
+    if unknown := [a for a in arms if a not in ARMS]:
+        sys.exit(f"error: unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
+    if not args.report:
+        threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: early runs pair up
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda job: train_and_record(args, *job, env), todo))
+    report(args, arms, seeds)
+
+
+if __name__ == "__main__":
+    main()
