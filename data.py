@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from model import UserError
+from common import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")

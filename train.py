@@ -21,8 +21,16 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import data
-from lopa import COMBINE, METHODS, InstanceTuner, atomic_write, label_logits, last_hidden, save_adapter, write_text
-from model import UserError, load_model
+from common import UserError, atomic_write, cli, pick_device, write_text
+from loading import load_model
+from lopa import (
+    COMBINE,
+    METHODS,
+    InstanceTuner,
+    label_logits,
+    last_hidden,
+    save_adapter,
+)
 
 DEFAULT_LR = {"lopa": 1e-3, "prompt": 1e-2, "lora": 1e-3, "idpg": 1e-3}
 CPU_TRAIN_EXAMPLES = 2000   # the default subset on a CPU: see README, "Choosing the CPU budget"
@@ -78,18 +86,6 @@ def parse_args(argv=None):
     return a
 
 
-def pick_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu (or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps, but this PyTorch has no Apple GPU; use --device cpu (or auto)")
-    if name not in ("cuda", "mps", "cpu"):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return name
-
-
 def hub_answers():
     from huggingface_hub import model_info
     try:
@@ -104,6 +100,7 @@ def choose_model(name):
     if name != "auto":
         return name, "as asked"
     from importlib.util import find_spec
+
     from huggingface_hub import try_to_load_from_cache
     if isinstance(try_to_load_from_cache("gpt2", "model.safetensors"), str):
         return "gpt2", "GPT-2 is in the Hugging Face cache"
@@ -314,18 +311,6 @@ def main(argv=None):
           f"zero-shot {state['zero_shot']['metric']:.4f} | trainable {n_params:,} ({100 * n_params / n_model:.2g}%) | "
           f"adapter {size / 1e6:.2f} MB in {args.out}/adapter.safetensors")
     return 0
-
-
-def cli(fn):
-    try:
-        sys.exit(fn())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted; files already in --out are complete (a checkpoint there continues with --resume)",
-              file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

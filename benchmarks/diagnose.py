@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from lopa import LOPA, InstanceTuner, atomic_write, label_logits, last_hidden, load_adapter, write_text  # noqa: E402
-from model import UserError, load_model  # noqa: E402
-from train import cli, encode_split, per_example, pick_device  # noqa: E402
+from common import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
+from loading import load_model  # noqa: E402
+from lopa import LOPA, InstanceTuner, label_logits, last_hidden, load_adapter  # noqa: E402
+from train import encode_split, per_example  # noqa: E402
 
 
 def diagnose(tuner, model, task, ids, labels, label_ids, device, batch_size=32):

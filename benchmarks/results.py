@@ -23,7 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, for `python benchmarks/results.py`
-from lopa import atomic_write, write_text  # noqa: E402
+from common import atomic_write, write_text  # noqa: E402
 from train import DEFAULT_LR  # noqa: E402
 
 HERE = os.path.join(ROOT, "benchmarks")

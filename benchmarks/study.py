@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from lopa import atomic_write, write_text  # noqa: E402
 from results import hardware, run_train  # noqa: E402
+
+from common import atomic_write, write_text  # noqa: E402
 
 HERE = os.path.join(ROOT, "benchmarks")
 ARMS = {  # name: (train.py flags, the question the arm answers)

@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import UserError  # noqa: E402
 from exercises.in_place_of_lopa import train_in_place_of_lopa  # noqa: E402
 from lopa import Tuner, last_hidden, mlp, vocab_init  # noqa: E402
-from model import UserError  # noqa: E402
 
 
 @dataclass
@@ -70,5 +70,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from train import cli
+    from common import cli
     cli(main)

@@ -47,5 +47,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from train import cli
+    from common import cli
     cli(main)

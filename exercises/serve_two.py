@@ -16,8 +16,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+from common import UserError  # noqa: E402
+from loading import load_model  # noqa: E402
 from lopa import label_logits, load_adapter, mixed_batch_hidden  # noqa: E402
-from model import UserError, load_model  # noqa: E402
 
 
 def serve(model, tokenizer, adapters, requests, max_len=256):
@@ -77,5 +78,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from train import cli
+    from common import cli
     cli(main)

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 import data
 from data import TASKS, UserError
-from model import GPT2_TOKENIZER
+from loading import GPT2_TOKENIZER
 
 # (rows, {label id: count}) per bundled split, copied from each assets/glue/<task>/SOURCE.md.
 EXPECTED = {

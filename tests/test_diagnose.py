@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import train
+from common import UserError
 from lopa import LOPA, LOPAConfig, save_adapter
-from model import UserError, load_model
+from model import load_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import diagnose  # noqa: E402

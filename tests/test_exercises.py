@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import data
 from benchmarks import plot_results, results
+from common import UserError
 from exercises.idpg import IDPG, IDPGConfig, closed_form_idpg
 from exercises.idpg import main as idpg_main
 from exercises.mean_pool import MeanPoolLOPA, mean_hidden
@@ -25,7 +26,7 @@ from exercises.new_task import tsv_task
 from exercises.serve_two import main as serve_main
 from exercises.serve_two import serve
 from lopa import LOPA, METHODS, LOPAConfig, PromptConfig, PromptTuning, label_logits, save_adapter
-from model import GPT, GPTConfig, UserError, load_model
+from model import GPT, GPTConfig, load_model
 from tests.helpers import TINY as SMALL, padded_batch as batch, tiny_lm as small
 
 pytestmark = pytest.mark.usefixtures("one_thread")

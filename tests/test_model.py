@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import GPT, GPTConfig, UserError, generate, load_model
+from common import UserError
+from model import GPT, GPTConfig, generate, load_model
 
 transformers = pytest.importorskip("transformers")
 CFG = dict(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -75,7 +76,8 @@ def test_shapes_of_logits_hidden_states_and_prefixed_embeddings():
 
 def test_shipped_tokenizer():
     from tokenizers import Tokenizer
-    from model import GPT2_TOKENIZER
+
+    from loading import GPT2_TOKENIZER
     assert Tokenizer.from_file(GPT2_TOKENIZER).encode("Hello world").ids == [15496, 995]
 
 

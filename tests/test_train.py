@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from model import UserError
+from common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,0 +1,47 @@
+"""What every command line of the project shares: the user-facing error, the way a CLI reports it,
+the device it runs on, and atomic writes."""
+import os
+import sys
+
+import torch
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad flag, bad file). The CLIs print it as one line."""
+
+
+def cli(fn):
+    """Run fn() as a command: a UserError is one `error:` line and exit status 2, never a traceback."""
+    try:
+        sys.exit(fn())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted; files already in --out are complete (a checkpoint there continues with --resume)",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def atomic_write(path, write):
+    """write(tmp_path), then rename: a crash never leaves a half-written file at `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def pick_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps, but this PyTorch has no Apple GPU; use --device cpu (or auto)")
+    if name not in ("cuda", "mps", "cpu"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return name
