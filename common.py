@@ -11,15 +11,15 @@ class UserError(Exception):
 
 
 def cli(fn):
-    """Run fn() as a command: a UserError is one `error:` line and exit status 2, never a traceback."""
+    """Run fn() as a command: a UserError is one `error:` line and exit status 2, no traceback."""
     try:
         sys.exit(fn())
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("\ninterrupted; files already in --out are complete (a checkpoint there continues with --resume)",
-              file=sys.stderr)
+        print("\ninterrupted; files already in --out are complete "
+              "(a checkpoint there continues with --resume)", file=sys.stderr)
         sys.exit(130)
 
 
@@ -37,11 +37,13 @@ def write_text(path, text):
 
 def pick_device(name):
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu (or auto)")
+        raise UserError("--device cuda, but PyTorch sees no CUDA GPU here: use --device cpu/auto")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps, but this PyTorch has no Apple GPU; use --device cpu (or auto)")
+        raise UserError("--device mps, but this PyTorch has no Apple GPU; use --device cpu or auto")
     if name not in ("cuda", "mps", "cpu"):
         raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
     return name

@@ -1,13 +1,15 @@
-"""GLUE tasks as label-word classification for a frozen causal LM: templates, loading, batching, metrics.
+"""GLUE tasks as label-word classification for a frozen causal LM: templates, loading, batching,
+metrics.
 
-Follows the verbaliser framing of LOPA (Jain et al., NeurIPS 2024; ../shared/docs/LOPA.md), adapted to a
-causal LM: the filled template ends where the label word would come, and the LM's next-token logits for
-the label words at the last real token are the class scores.
+Follows the verbaliser framing of LOPA's GLUE experiments (Jain et al., NeurIPS 2024), adapted
+to a causal LM: the filled template ends where the label word would come, and the LM's next-token
+logits for the label words at the last real token are the class scores.
 
     task = TASKS["sst2"]
     rows = load_split("sst2", "dev")                          # [(texts, label), ...]
-    ids = [encode(task, texts, tokenizer, 256) for texts, _ in rows]
-    for b in batches(ids, [y for _, y in rows], 16, shuffle=True): ...   # b["ids"], b["lengths"], ...
+    ids = [tokenize(task, texts, tokenizer, 256) for texts, _ in rows]
+    # b["ids"], b["lengths"], ...
+    for b in batches(ids, [y for _, y in rows], 16, shuffle=True): ...
 """
 import hashlib
 import os
@@ -21,68 +23,83 @@ from common import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")
-HUB_REPO = "nyu-mll/glue"  # Hugging Face dataset repo with GLUE as parquet, for the tasks not bundled here
+# Hugging Face dataset repo with GLUE as parquet, for the tasks not bundled here
+HUB_REPO = "nyu-mll/glue"
 
 
 @dataclass
 class Task:
     name: str                     # GLUE task name, the key in TASKS
-    text_cols: tuple              # column(s) holding the input text(s), in template slot order {0}, {1}
+    text_cols: tuple  # column(s) holding the input text(s), in template slot order {0}, {1}
     label_col: str                # column holding the raw label (test files have none)
-    labels: tuple                 # raw TSV label of each label id; parquet files store the id itself
-    label_words: list             # word the LM should say next for each label id: one token, leading space
-    template: str                 # prompt with slots {0}, {1}; the label word is the token right after it
+    labels: tuple  # raw TSV label of each label id; parquet files store the id itself
+    label_words: list  # word the LM should say next for each label id: one token, leading space
+    template: str  # prompt with slots {0}, {1}; the label word is the token right after it
     metric: str                   # GLUE's main metric: "acc", "f1" (positive class 1) or "mcc"
-    files: dict = field(default_factory=dict)  # split -> file: .tsv in the data dir (default <name>/<split>.tsv),
-                                               # or .parquet in HUB_REPO
+    # split -> file: .tsv in the data dir (default <name>/<split>.tsv), or .parquet in HUB_REPO
+    files: dict = field(default_factory=dict)
     columns: tuple = ()           # column names of train/dev files that have no header line (CoLA)
-    literals: list = field(init=False, repr=False)  # the template's text around the slots (len(slots) + 1)
-    slots: list = field(init=False, repr=False)     # (text number, whether a space precedes it) per slot
+    # the template's text around the slots (len(slots) + 1)
+    literals: list = field(init=False, repr=False)
+    # (text number, whether a space precedes it) per slot
+    slots: list = field(init=False, repr=False)
 
     def __post_init__(self):
         if self.metric not in ("acc", "f1", "mcc"):
             raise UserError(f"task {self.name}: metric {self.metric!r} is not one of acc, f1, mcc")
         if len(self.label_words) != len(self.labels):
-            raise UserError(f"task {self.name}: {len(self.label_words)} label words for {len(self.labels)} labels")
+            raise UserError(f"task {self.name}: {len(self.label_words)} label words for "
+                            f"{len(self.labels)} labels")
         parts = re.split(r"\{(\d)\}", self.template)  # literal, slot, literal, ..., literal
         slots = [int(s) for s in parts[1::2]]
         if sorted(slots) != list(range(len(self.text_cols))):
-            raise UserError(f"task {self.name}: template needs slots {{0}}..{{{len(self.text_cols) - 1}}} once each")
-        # BPE tokenizers attach a space to the word after it ("Ġgreat"), so the space before a slot travels
-        # with the text: each piece then tokenizes exactly as it does inside the whole prompt.
+            raise UserError(f"task {self.name}: template needs slots "
+                            f"{{0}}..{{{len(self.text_cols) - 1}}} once each")
+        # BPE tokenizers attach a space to the word after it ("Ġgreat"), so the space before a slot
+        # travels with the text: each piece then tokenizes exactly as it does inside the whole
+        # prompt.
         lits = parts[0::2]
         self.slots = [(s, lit.endswith(" ")) for s, lit in zip(slots, lits)]
         self.literals = [lit.removesuffix(" ") for lit in lits[:-1]] + lits[-1:]
         self.files = {s: f"{self.name}/{s}.tsv" for s in ("train", "dev", "test")} | self.files
 
     def fill(self, *texts):
-        """The prompt as text (for reading; encode() is what the model sees)."""
+        """The prompt as text (for reading; tokenize() is what the model sees)."""
         return self.template.format(*map(clean, texts))
 
 
 YES_NO = "\nQuestion: {}? Yes or No?\nAnswer:"
-hub = lambda task, split: f"{task}/{split}-00000-of-00001.parquet"  # a file of the GLUE dataset on the hub
+# a file of the GLUE dataset on the hub
+hub = lambda task, split: f"{task}/{split}-00000-of-00001.parquet"
 TASKS = {t.name: t for t in [
-    Task("sst2", ("sentence",), "label", ("0", "1"), [" negative", " positive"], "Review: {0}\nSentiment:", "acc"),
+    Task("sst2", ("sentence",), "label", ("0", "1"), [" negative", " positive"],
+         "Review: {0}\nSentiment:", "acc"),
     Task("cola", ("sentence",), "label", ("0", "1"), [" No", " Yes"],
          "Sentence: {0}" + YES_NO.format("Is this sentence grammatically correct"), "mcc",
          columns=("source", "label", "mark", "sentence")),
     Task("mrpc", ("#1 String", "#2 String"), "Quality", ("0", "1"), [" No", " Yes"],
-         "Sentence 1: {0}\nSentence 2: {1}" + YES_NO.format("Is sentence 2 a paraphrase of sentence 1"), "f1"),
-    Task("rte", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), [" Yes", " No"],
-         "Sentence 1: {0}\nSentence 2: {1}" + YES_NO.format("Does sentence 1 imply sentence 2"), "acc"),
-    # Hub tasks: label ids follow the hub's ClassLabel order, which the bundled QNLI dev.tsv maps onto.
-    Task("qnli", ("question", "sentence"), "label", ("entailment", "not_entailment"), [" Yes", " No"],
-         "Question: {0}\nSentence: {1}" + YES_NO.format("Does the sentence answer the question"), "acc",
-         {"train": hub("qnli", "train")}),
+         "Sentence 1: {0}\nSentence 2: {1}"
+         + YES_NO.format("Is sentence 2 a paraphrase of sentence 1"), "f1"),
+    Task("rte", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"),
+         [" Yes", " No"],
+         "Sentence 1: {0}\nSentence 2: {1}" + YES_NO.format("Does sentence 1 imply sentence 2"),
+         "acc"),
+    # Hub tasks: label ids follow the hub's ClassLabel order, which the bundled QNLI dev.tsv
+    # maps onto.
+    Task("qnli", ("question", "sentence"), "label", ("entailment", "not_entailment"),
+         [" Yes", " No"],
+         "Question: {0}\nSentence: {1}" + YES_NO.format("Does the sentence answer the question"),
+         "acc", {"train": hub("qnli", "train")}),
     Task("mnli", ("premise", "hypothesis"), "label", ("entailment", "neutral", "contradiction"),
          [" Yes", " Maybe", " No"],
-         "Premise: {0}\nHypothesis: {1}\nQuestion: Does the premise imply the hypothesis? Yes, No or Maybe?\nAnswer:",
+         "Premise: {0}\nHypothesis: {1}\n"
+         "Question: Does the premise imply the hypothesis? Yes, No or Maybe?\nAnswer:",
          "acc", {"train": hub("mnli", "train"), "dev": hub("mnli", "validation_matched"),
                  "test": hub("mnli", "test_matched")}),
     Task("qqp", ("question1", "question2"), "label", ("0", "1"), [" No", " Yes"],
-         "Question 1: {0}\nQuestion 2: {1}" + YES_NO.format("Do both questions ask the same thing"), "f1",
-         {"train": hub("qqp", "train"), "dev": hub("qqp", "validation"), "test": hub("qqp", "test")}),
+         "Question 1: {0}\nQuestion 2: {1}" + YES_NO.format("Do both questions ask the same thing"),
+         "f1", {"train": hub("qqp", "train"), "dev": hub("qqp", "validation"),
+                "test": hub("qqp", "test")}),
 ]}
 BUNDLED = "sst2, mrpc, rte, cola (and qnli dev/test)"
 
@@ -99,7 +116,8 @@ def load_split(task_name, split, data_dir=DATA_DIR):
     """[(texts, label id), ...] for split "train", "dev" or "test" (test labels are -1)."""
     task = get_task(task_name)
     if split not in task.files:
-        raise UserError(f"task {task_name} has no split {split!r}: use one of {', '.join(task.files)}")
+        raise UserError(f"task {task_name} has no split {split!r}: "
+                        f"use one of {', '.join(task.files)}")
     name = task.files[split]
     if name.endswith(".parquet"):
         return read_parquet(task, split, name)
@@ -107,7 +125,8 @@ def load_split(task_name, split, data_dir=DATA_DIR):
 
 
 def read_tsv(task, path, labelled):
-    # Split on tabs ourselves: GLUE's fields hold bare `"`, which CSV quoting would swallow across lines.
+    # Split on tabs ourselves: GLUE's fields hold bare `"`, which CSV quoting would swallow across
+    # lines.
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -123,20 +142,23 @@ def read_tsv(task, path, labelled):
         try:
             fields = raw.decode("utf-8").removesuffix("\r").split("\t")
         except UnicodeDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid UTF-8 (byte {e.start} of the line); save the file as UTF-8") from None
+            raise UserError(f"{path}:{n}: not valid UTF-8 (byte {e.start} of the line); "
+                            f"save the file as UTF-8") from None
         if header is None:
             header = fields
             if missing := [c for c in want if c not in header]:
-                raise UserError(f"{path}:{n}: header lacks column(s) {missing}; it has {header[:8]}")
+                raise UserError(f"{path}:{n}: header lacks column(s) {missing}; "
+                                f"it has {header[:8]}")
             continue
         if len(fields) != len(header):
-            raise UserError(f"{path}:{n}: {len(fields)} tab-separated fields, expected {len(header)} "
-                            f"({', '.join(header)})")
+            raise UserError(f"{path}:{n}: {len(fields)} tab-separated fields, "
+                            f"expected {len(header)} ({', '.join(header)})")
         row = dict(zip(header, fields))
         label = -1
         if labelled:
             if (raw_label := row[task.label_col]) not in task.labels:
-                raise UserError(f"{path}:{n}: unknown label {raw_label[:40]!r}, expected one of {list(task.labels)}")
+                raise UserError(f"{path}:{n}: unknown label {raw_label[:40]!r}, "
+                                f"expected one of {list(task.labels)}")
             label = task.labels.index(raw_label)
         rows.append((tuple(row[c] for c in task.text_cols), label))
     if not rows:
@@ -147,10 +169,12 @@ def read_tsv(task, path, labelled):
 def read_parquet(task, split, name):
     try:
         from huggingface_hub import hf_hub_download
-        path = hf_hub_download(HUB_REPO, name, repo_type="dataset")  # cached: later calls work offline
+        # cached: later calls work offline
+        path = hf_hub_download(HUB_REPO, name, repo_type="dataset")
     except Exception as e:
-        raise UserError(f"cannot get {task.name} {split} ({name}) from the hub dataset {HUB_REPO}, and it is not in "
-                        f"the cache ({type(e).__name__}); offline, use a bundled task: {BUNDLED}") from None
+        raise UserError(f"cannot get {task.name} {split} ({name}) from the hub dataset {HUB_REPO}, "
+                        f"and it is not in the cache ({type(e).__name__}); "
+                        f"offline, use a bundled task: {BUNDLED}") from None
     try:
         import pyarrow.parquet as pq  # optional: only the hub tasks need it
     except ImportError:
@@ -158,23 +182,28 @@ def read_parquet(task, split, name):
     try:
         table = pq.read_table(path, columns=[*task.text_cols, "label"]).to_pydict()
     except Exception as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); delete it to download again") from None
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); "
+                        f"delete it to download again") from None
     lowest = -1 if split == "test" else 0
     for i, y in enumerate(table["label"]):
         if y is None or not lowest <= y < len(task.labels):
-            raise UserError(f"{path}: row {i}: label {y} is not in {lowest}..{len(task.labels) - 1}")
-    return [(tuple(table[c][i] or "" for c in task.text_cols), int(y)) for i, y in enumerate(table["label"])]
+            raise UserError(f"{path}: row {i}: label {y} is not in "
+                            f"{lowest}..{len(task.labels) - 1}")
+    return [(tuple(table[c][i] or "" for c in task.text_cols), int(y))
+            for i, y in enumerate(table["label"])]
 
 
 def check_sha256(data_dir=DATA_DIR):
-    """Check every bundled file against the sha256 in its task's SOURCE.md table; return the files checked."""
+    """Check every bundled file against the sha256 in its task's SOURCE.md table; return the files
+    checked."""
     checked = []
     for source in sorted(Path(data_dir).glob("*/SOURCE.md")):
-        for name, want in re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$", source.read_text("utf-8"), re.M):
+        for name, want in re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$",
+                                     source.read_text("utf-8"), re.M):
             path = source.parent / name
             if (got := hashlib.sha256(path.read_bytes()).hexdigest()) != want:
-                raise UserError(f"{path}: sha256 {got[:12]}... is not {want[:12]}... as SOURCE.md says: the file was "
-                                f"changed (git checkout restores it)")
+                raise UserError(f"{path}: sha256 {got[:12]}... is not {want[:12]}... as SOURCE.md "
+                                f"says: the file was changed (git checkout restores it)")
             checked.append(str(path))
     return checked
 
@@ -182,15 +211,16 @@ def check_sha256(data_dir=DATA_DIR):
 # ----------------------------------------------------------------------------- tokens
 
 def clean(text):
-    # One space for any whitespace run: the template's own newlines are its structure, so a text must not
-    # add its own, and SST-2's trailing space would otherwise merge with the "\n" after it. Lone surrogates
-    # (from undecodable command-line bytes) become "?": the tokenizer rejects them.
+    # One space for any whitespace run: the template's own newlines are its structure, so a text
+    # must not add its own, and SST-2's trailing space would otherwise merge with the "\n" after it.
+    # Lone surrogates (from undecodable command-line bytes) become "?": the tokenizer rejects them.
     return " ".join(text.encode("utf-8", "replace").decode("utf-8").split())
 
 
 def token_ids(tokenizer, s):
-    enc = tokenizer.encode(s, add_special_tokens=False)  # a tokenizers.Tokenizer; no BOS: the prompt is ours
-    return list(getattr(enc, "ids", enc))
+    # a tokenizers.Tokenizer; no BOS: the prompt is ours
+    out = tokenizer.encode(s, add_special_tokens=False)
+    return list(getattr(out, "ids", out))
 
 
 def label_token_ids(task, tokenizer):
@@ -198,30 +228,34 @@ def label_token_ids(task, tokenizer):
     ids, which = [], f"the {tokenizer.get_vocab_size()}-token {type(tokenizer).__name__}"
     for w in task.label_words:
         if len(t := token_ids(tokenizer, w)) != 1:
-            raise UserError(f"task {task.name}: label word {w!r} is {len(t)} tokens for {which}; each must be one token")
+            raise UserError(f"task {task.name}: label word {w!r} is {len(t)} tokens for {which}; "
+                            f"each must be one token")
         ids.append(t[0])
     if len(set(ids)) < len(ids):
-        raise UserError(f"task {task.name}: label words {task.label_words} share a token id in {which}")
+        raise UserError(f"task {task.name}: label words {task.label_words} share a token id "
+                        f"in {which}")
     return ids
 
 
-def encode(task, texts, tokenizer, max_len):
-    """Token ids of the filled template, at most max_len long. Truncation cuts the end of the input text(s),
-    longest first, never the template: its last token is where the label word is read."""
+def tokenize(task, texts, tokenizer, max_len):
+    """Token ids of the filled template, at most max_len long. Truncation cuts the end of the input
+    text(s), longest first, never the template: its last token is where the label word is read."""
     if len(texts) != len(task.text_cols):
         raise UserError(f"task {task.name} takes {len(task.text_cols)} text(s), got {len(texts)}")
     lit = [token_ids(tokenizer, s) if s else [] for s in task.literals]
     txt = []
     for slot, space in task.slots:
-        # Cut absurdly long texts by characters first (no real text needs 64 characters per token): a
-        # megabyte would be slow to tokenize only to be dropped.
+        # Cut absurdly long texts by characters first (no real text needs 64 characters per token):
+        # a megabyte would be slow to tokenize only to be dropped.
         t = clean(texts[slot][:64 * max_len])
         txt.append(token_ids(tokenizer, " " * space + t) if t else [])
     budget = max_len - sum(map(len, lit))
     if budget < 0:
-        raise UserError(f"max_len {max_len} is too short for the {task.name} template ({max_len - budget} tokens)")
+        raise UserError(f"max_len {max_len} is too short for the {task.name} template "
+                        f"({max_len - budget} tokens)")
     lens = [len(t) for t in txt]
-    while sum(lens) > budget:  # one token at a time from the longest text: a pair shares the room fairly
+    # one token at a time from the longest text: a pair shares the room fairly
+    while sum(lens) > budget:
         lens[lens.index(max(lens))] -= 1
     ids = lit[0]
     for t, n, after in zip(txt, lens, lit[1:]):
@@ -230,27 +264,30 @@ def encode(task, texts, tokenizer, max_len):
 
 
 def batches(examples_ids, labels, batch_size, shuffle, generator=None):
-    """Yield dicts of ids (B, T) right-padded with 0, lengths (B,), labels (B,) and index (B,): the examples'
-    positions in examples_ids. Every example exactly once; batches hold examples of similar length."""
+    """Yield dicts of ids (B, T) right-padded with 0, lengths (B,), labels (B,) and index (B,): the
+    examples' positions in examples_ids. Every example exactly once; batches hold examples of
+    similar length."""
     if not examples_ids:
         return
     lengths = torch.tensor([len(x) for x in examples_ids], dtype=torch.long)  # (N,)
     if shuffle:
-        # Shuffle, sort by length within chunks of 50 batches, then shuffle the batches: members of a batch
-        # have similar lengths (little padding), yet batches differ from epoch to epoch.
+        # Shuffle, sort by length within chunks of 50 batches, then shuffle the batches: members of
+        # a batch have similar lengths (little padding), yet batches differ from epoch to epoch.
         order = torch.randperm(len(lengths), generator=generator)
-        order = torch.cat([c[lengths[c].argsort(stable=True)] for c in order.split(50 * batch_size)])
+        order = torch.cat([c[lengths[c].argsort(stable=True)]
+                           for c in order.split(50 * batch_size)])
         groups = order.split(batch_size)
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
     else:
-        groups = lengths.argsort(stable=True).split(batch_size)  # the caller maps back through index
+        # the caller maps back through index
+        groups = lengths.argsort(stable=True).split(batch_size)
     for index in groups:
         lens = lengths[index]                                                # (B,)
         ids = torch.zeros(len(index), int(lens.max()), dtype=torch.long)     # (B, T)
         for row, i in enumerate(index.tolist()):
             ids[row, :lens[row]] = torch.tensor(examples_ids[i], dtype=torch.long)
-        yield {"ids": ids, "lengths": lens, "labels": torch.tensor([labels[i] for i in index.tolist()]),
-               "index": index}
+        yield {"ids": ids, "lengths": lens,
+               "labels": torch.tensor([labels[i] for i in index.tolist()]), "index": index}
 
 
 # ----------------------------------------------------------------------------- metrics

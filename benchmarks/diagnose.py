@@ -23,33 +23,31 @@ import data  # noqa: E402
 from common import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
 from loading import load_model  # noqa: E402
 from lopa import LOPA, InstanceTuner, label_logits, last_hidden, load_adapter  # noqa: E402
-from train import encode_split, per_example  # noqa: E402
+from train import per_example, tokenize_split  # noqa: E402
 
 
-def diagnose(tuner, model, task, ids, labels, label_ids, device, batch_size=32):
-    """{"real": ..., "mean_e": ..., "mean_gate": ..., "term": ...}: each way's task metric and how
-    many of the N predictions differ from the real ones; "term": spread of σ(Z_I) across examples."""
-    run = lambda fn, desc: per_example(fn, ids, labels, device, batch_size, desc)  # noqa: E731
-    e = run(lambda i, n, _: tuner.encode(i, n), "encode")                    # (N, h_enc)
-
-    def predict(prompt_of, desc):  # prompt_of(index) -> (B, m, d)
-        h = run(lambda i, n, index: last_hidden(model, i, n, prompt_of(index)), desc)  # (N, d)
-        return label_logits(model, h, label_ids).argmax(-1).tolist()
-
-    ways = {"real": lambda index: tuner.prompt(None, None, e[index]),
+def diagnose(tuner, model, task, dev, label_ids, device, batch_size=32):
+    """{"real", "mean_e", "mean_gate": {"metric", "changed"}, "term", "n"}: each way's metric and
+    how many of the n predictions differ from the real ones; "term": σ(Z_I)'s spread."""
+    def each(fn, desc):  # fn(ids, lengths, index) -> (B, ...) for every dev example: (N, ...)
+        return per_example(fn, dev, device, batch_size, desc)
+    e = each(lambda ids, lengths, index: tuner.encode(ids, lengths), "encode")       # (N, h_enc)
+    ways = {"real": lambda index: tuner.prompt(None, None, e[index]),               # -> (B, m, d)
             "mean_e": lambda index: tuner.prompt(None, None, e.mean(0).expand(len(index), -1))}
-    out = {"n": len(ids)}
+    out = {"n": len(dev.ids)}
     if isinstance(tuner, LOPA):
-        t = run(lambda i, n, index: tuner.instance_term(e[index]).flatten(1), "gate")  # (N, m d)
-        t_mean = t.mean(0).view(1, tuner.config.m, -1)                               # (1, m, d)
+        t = each(lambda ids, lengths, index: tuner.instance_term(e[index]).flatten(1), "gate")
+        t_mean = t.mean(0).view(1, tuner.config.m, -1)                       # (N, m d) -> (1, m, d)
         ways["mean_gate"] = lambda index: tuner.combine(t_mean.expand(len(index), -1, -1))
         out["term"] = {"mean": t.mean().item(), "std_across_examples": t.std(0).mean().item(),
                        "min": t.min().item(), "max": t.max().item()}
     real = None
     for name, prompt_of in ways.items():
-        preds = predict(prompt_of, name)
+        h = each(lambda ids, lengths, index: last_hidden(model, ids, lengths, prompt_of(index)),
+                 name)                                                                 # (N, d)
+        preds = label_logits(model, h, label_ids).argmax(-1).tolist()
         real = real or preds
-        out[name] = {"metric": data.score(task, preds, labels)["metric"],
+        out[name] = {"metric": data.score(task, preds, dev.labels)["metric"],
                      "changed": sum(p != q for p, q in zip(preds, real))}
     return out
 
@@ -64,12 +62,14 @@ def report(out, task, split):
             lines.append(f"{label:34s}{out[key]['metric']:12.4f}   {changed}")
     if "term" in out:
         t = out["term"]
-        lines.append(f"instance term (σ(Z_I), or Z_I for add): mean {t['mean']:.3f}, std across examples "
-                     f"{t['std_across_examples']:.4f} (mean over entries), range [{t['min']:.3f}, {t['max']:.3f}]")
+        lines.append(f"instance term (σ(Z_I), or Z_I for add): mean {t['mean']:.3f}, std across "
+                     f"examples {t['std_across_examples']:.4f} (mean over entries), "
+                     f"range [{t['min']:.3f}, {t['max']:.3f}]")
     share = out["mean_e"]["changed"] / n
-    lines.append(f"verdict: removing the instance information changes {100 * share:.1f}% of the predictions; "
-                 + ("the input-dependent part is hardly used: this adapter acts as prompt tuning."
-                    if share < 0.01 else "the input-dependent part is in use."))
+    verdict = ("the input-dependent part is hardly used: this adapter acts as prompt tuning"
+               if share < 0.01 else "the input-dependent part is in use")
+    lines.append(f"verdict: removing the instance information changes {100 * share:.1f}% of the "
+                 f"predictions; {verdict}.")
     return "\n".join(lines)
 
 
@@ -83,22 +83,24 @@ def main(argv=None):
     args = p.parse_args(argv)
     info_path = os.path.join(args.adapter, "adapter.json")
     if not os.path.exists(info_path):
-        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written by train.py")
+        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written "
+                        f"by train.py")
     with open(info_path) as f:
         info = json.load(f)
     device = pick_device(args.device)
     model, tokenizer = load_model(info["model"])
     tuner, info = load_adapter(args.adapter, model.to(device))
     if not isinstance(tuner, InstanceTuner):
-        raise UserError(f"the adapter in {args.adapter} is {info['method']!r}, whose prompt does not depend on "
-                        f"the input: diagnose a lopa or idpg adapter")
+        raise UserError(f"the adapter in {args.adapter} is {info['method']!r}, whose prompt does "
+                        f"not depend on the input: diagnose a lopa or idpg adapter")
     tuner.to(device)
     task = data.TASKS[info["task"]]
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
-    ids, labels = encode_split(task, data.load_split(info["task"], "dev"), tokenizer,
-                               min(args.max_len, model.config.n_positions - tuner.config.m))
-    print(f"adapter: {args.adapter} ({info['method']}, {info['task']}, {info['model']}); dev: {len(ids)} examples")
-    out = diagnose(tuner, model, task, ids, labels, label_ids, device, args.batch_size)
+    dev = tokenize_split("dev", task, data.load_split(info["task"], "dev"), tokenizer,
+                         min(args.max_len, model.config.n_positions - tuner.config.m))
+    print(f"adapter: {args.adapter} ({info['method']}, {info['task']}, {info['model']}); "
+          f"dev: {len(dev.ids)} examples")
+    out = diagnose(tuner, model, task, dev, label_ids, device, args.batch_size)
     print(report(out, task, "dev"))
     if args.json:
         atomic_write(args.json, lambda p: write_text(p, json.dumps(out, indent=1) + "\n"))

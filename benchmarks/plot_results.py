@@ -1,13 +1,16 @@
-"""Plot measured results: dev metric against trainable parameters (log scale), one panel per task and model.
+"""Plot measured results: dev metric against trainable parameters (log scale), one panel per task
+and model.
 
     python benchmarks/plot_results.py            # benchmarks/results.json -> benchmarks/results.svg
 
-results.json holds runs summarised over seeds, as benchmarks/results.py writes them: {"rows": [...], and
-optionally "budget" and "hardware", printed under the figure}, or the bare list of rows, each
-    {"task", "method", "metric_name", "mean", "std", "n_seeds", "trainable", "adapter_bytes", "model", "wall_s"}
-Each method gets one colour, with an error bar of ±std; points of one method in a panel are joined in order
-of size (a sweep of r or m). A method with no trainable parameters (a zero-shot baseline) is drawn as a
-dashed line across its panel. The SVG is written by hand, so the script needs nothing beyond Python.
+results.json holds runs summarised over seeds, as benchmarks/results.py writes them: {"rows": [...],
+and optionally "budget" and "hardware", printed under the figure}, or the bare list of rows, each
+    {"task", "method", "metric_name", "mean", "std", "n_seeds", "trainable", "adapter_bytes",
+     "model", "wall_s"}
+Each method gets one colour, with an error bar of ±std; points of one method in a panel are joined
+in order of size (a sweep of r or m). A method with no trainable parameters (a zero-shot baseline)
+is drawn as a dashed line across its panel. The SVG is written by hand, so the script needs nothing
+beyond Python.
 """
 import argparse
 import json
@@ -17,7 +20,8 @@ import sys
 from xml.sax.saxutils import escape
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIELDS = ("task", "method", "metric_name", "mean", "std", "n_seeds", "trainable", "adapter_bytes", "model", "wall_s")
+FIELDS = ("task", "method", "metric_name", "mean", "std", "n_seeds", "trainable", "adapter_bytes",
+          "model", "wall_s")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 PANEL_W, PANEL_H, COLS = 380, 280, 3            # one panel's size in px, panels per row
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 44       # the plot area's margins inside a panel
@@ -42,10 +46,12 @@ def load(path):
         rows = results.get("rows")
         notes = [f"{k}: {results[k]}" for k in ("budget", "hardware") if results.get(k)]
     if not isinstance(rows, list) or not rows:
-        raise ResultsError(f"{path} must hold a non-empty list of results (or an object whose \"rows\" is one)")
+        raise ResultsError(f"{path} must hold a non-empty list of results "
+                           f"(or an object whose \"rows\" is one)")
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or (missing := [k for k in FIELDS if k not in row]):
-            raise ResultsError(f"{path}: entry {i} lacks {missing if isinstance(row, dict) else list(FIELDS)}")
+            raise ResultsError(f"{path}: entry {i} lacks "
+                               f"{missing if isinstance(row, dict) else list(FIELDS)}")
         for k in ("mean", "std", "trainable"):
             if not isinstance(row[k], (int, float)) or not math.isfinite(row[k]):
                 raise ResultsError(f"{path}: entry {i} has {k} = {row[k]!r}; it must be a number")
@@ -55,7 +61,8 @@ def load(path):
 def nice_ticks(lo, hi, n=5):
     """About n round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
     raw = (hi - lo) / n
-    step = min((s * 10 ** math.floor(math.log10(raw)) for s in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
+    step = min((s * 10 ** math.floor(math.log10(raw)) for s in (1, 2, 5, 10)),
+               key=lambda s: abs(s - raw))
     first = math.ceil(lo / step - 1e-9)
     return [round(k * step, 10) for k in range(first, math.floor(hi / step + 1e-9) + 1)]
 
@@ -87,25 +94,29 @@ def panel(rows, colour, x0, y0):
     task, models = rows[0]["task"], sorted({r["model"] for r in rows})
     metric = "/".join(sorted({r["metric_name"] for r in rows}))
     out = [f'<text x="{left}" y="{y0 + 18}" class="title">{escape(task)}</text>',
-           f'<text x="{left + w}" y="{y0 + 18}" class="small" text-anchor="end">{escape(", ".join(models))}</text>',
+           f'<text x="{left + w}" y="{y0 + 18}" class="small" text-anchor="end">'
+           f'{escape(", ".join(models))}</text>',
            f'<rect x="{left}" y="{top}" width="{w}" height="{h}" class="frame"/>']
     for d in range(dmin, dmax + 1):
         x = px(10 ** d)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + h}" class="grid"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + h + 16}" class="small" text-anchor="middle">{short(10 ** d)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{top + h + 16}" class="small" text-anchor="middle">'
+                   f'{short(10 ** d)}</text>')
     for v in nice_ticks(lo, hi):
         y = py(v)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" class="grid"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="small" text-anchor="end">{v:g}</text>')
-    out.append(f'<text x="{left + w / 2}" y="{y0 + PANEL_H - 8}" class="small" text-anchor="middle">'
-               f'trainable parameters (log scale)</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="small" text-anchor="end">'
+                   f'{v:g}</text>')
+    out.append(f'<text x="{left + w / 2}" y="{y0 + PANEL_H - 8}" class="small" '
+               f'text-anchor="middle">trainable parameters (log scale)</text>')
     out.append(f'<text transform="translate({x0 + 14},{top + h / 2}) rotate(-90)" class="small" '
                f'text-anchor="middle">dev {escape(metric)}</text>')
 
     for r in lines:
         y = py(r["mean"])
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" stroke="{colour[r["method"]]}" '
-                   f'class="baseline"><title>{escape(tooltip(r))}</title></line>')
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" '
+                   f'stroke="{colour[r["method"]]}" class="baseline">'
+                   f'<title>{escape(tooltip(r))}</title></line>')
     for method in dict.fromkeys(r["method"] for r in points):
         mine = sorted((r for r in points if r["method"] == method), key=lambda r: r["trainable"])
         c = colour[method]
@@ -122,9 +133,9 @@ def panel(rows, colour, x0, y0):
 
 
 def tooltip(r):
-    return (f'{r["method"]} on {r["task"]} ({r["model"]}): dev {r["metric_name"]} {r["mean"]:.4f} ± {r["std"]:.4f} '
-            f'over {r["n_seeds"]} seed(s); {r["trainable"]:,} trainable; adapter {r["adapter_bytes"]:,} bytes; '
-            f'{r["wall_s"]} s')
+    return (f'{r["method"]} on {r["task"]} ({r["model"]}): dev {r["metric_name"]} '
+            f'{r["mean"]:.4f} ± {r["std"]:.4f} over {r["n_seeds"]} seed(s); '
+            f'{r["trainable"]:,} trainable; adapter {r["adapter_bytes"]:,} bytes; {r["wall_s"]} s')
 
 
 def render(rows, notes=()):
@@ -137,7 +148,8 @@ def render(rows, notes=()):
     cols = min(COLS, len(groups))
     top = LEGEND_H + math.ceil(len(groups) / cols) * PANEL_H  # where the notes start
     width, height = cols * PANEL_W, top + 16 * len(notes) + (6 if notes else 0)
-    body = [f'<text x="12" y="{top + 12 + 16 * i}" class="small">{escape(n)}</text>' for i, n in enumerate(notes)]
+    body = [f'<text x="12" y="{top + 12 + 16 * i}" class="small">{escape(n)}</text>'
+            for i, n in enumerate(notes)]
     x = 12
     for m in methods:  # the legend, one swatch per method
         body.append(f'<circle cx="{x + 5}" cy="18" r="5" fill="{colour[m]}"/>')
@@ -145,12 +157,13 @@ def render(rows, notes=()):
         x += 30 + 8 * len(m)
     for i, group in enumerate(groups.values()):
         body += panel(group, colour, (i % cols) * PANEL_W, LEGEND_H + (i // cols) * PANEL_H)
-    style = ("text{font-family:sans-serif;fill:#222} .title{font-size:14px;font-weight:bold} .small{font-size:11px} "
-             ".legend{font-size:12px} .frame{fill:none;stroke:#888} .grid{stroke:#e4e4e4} "
-             ".baseline{stroke-width:1.5;stroke-dasharray:5 4}")
+    style = ("text{font-family:sans-serif;fill:#222} .title{font-size:14px;font-weight:bold} "
+             ".small{font-size:11px} .legend{font-size:12px} .frame{fill:none;stroke:#888} "
+             ".grid{stroke:#e4e4e4} .baseline{stroke-width:1.5;stroke-dasharray:5 4}")
     return "\n".join([f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
                       f'viewBox="0 0 {width} {height}">', f"<style>{style}</style>",
-                      f'<rect width="{width}" height="{height}" fill="white"/>', *body, "</svg>", ""])
+                      f'<rect width="{width}" height="{height}" fill="white"/>', *body, "</svg>",
+                      ""])
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """The results table: zero-shot, prompt tuning, LoRA and LOPA on GLUE tasks at one equal budget.
 
-    python benchmarks/results.py                                  # SST-2, MRPC, RTE; 3 seeds; SmolLM2
+    python benchmarks/results.py                                # SST-2, MRPC, RTE; 3 seeds; SmolLM2
     python benchmarks/results.py --tasks sst2 --seeds 0 --select none   # one quick row per method
     python benchmarks/results.py --tasks mrpc,rte --select none --max-train-examples 640 --epochs 1
 
@@ -9,8 +9,8 @@ training set (never on dev), with seed 0; then trains with that rate for every s
 best-epoch dev metric as mean ± std. Each run is `python train.py ...` in its own process, so the
 numbers are exactly what the command line gives. A finished run is reused when the script runs again
 with the same settings, so an interrupted table resumes at the run it stopped in. Writes
-benchmarks/results.json and results.md, keeping the rows of tasks and methods this command did not run:
-they can be measured by separate commands (each row records its own budget and command).
+benchmarks/results.json and results.md, keeping the rows of tasks and methods this command did not
+run: they can be measured by separate commands (each row records its own budget and command).
 """
 import argparse
 import json
@@ -24,7 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, for `python benchmarks/results.py`
 from common import atomic_write, write_text  # noqa: E402
-from train import DEFAULT_LR  # noqa: E402
+from lopa import METHODS  # noqa: E402
 
 HERE = os.path.join(ROOT, "benchmarks")
 GRID = {"prompt": [3e-3, 1e-2, 3e-2], "lora": [3e-4, 1e-3, 3e-3], "lopa": [3e-4, 1e-3, 3e-3]}
@@ -39,22 +39,30 @@ def train(out, task, method, seed, lr, args, holdout=0):
 
 def run_train(out, flags, env=None):
     """`python train.py FLAGS --out OUT` in its own process, or the finished run's result.json when
-    an earlier call ran the same command: an interrupted table resumes at the run it stopped in."""
+    an earlier call ran the same command: an interrupted table resumes at the run it stopped in,
+    and a run cut off midway (a killed session) continues from its last checkpoint."""
     cmd = [sys.executable, "train.py", *flags, "--out", out, "--overwrite"]
-    done = os.path.join(out, "result.json")  # written after a run finishes: rerunning the script reuses it
+    done, started = os.path.join(out, "result.json"), os.path.join(out, "command.json")
     if os.path.exists(done):
         with open(done) as f:
             info = json.load(f)
         if info["command"] == cmd[1:]:
             return info
+    resume = False
+    if os.path.exists(started) and os.path.exists(os.path.join(out, "checkpoint.json")):
+        with open(started) as f:
+            resume = json.load(f) == cmd[1:]
+    os.makedirs(out, exist_ok=True)
+    atomic_write(started, lambda p: write_text(p, json.dumps(cmd[1:])))
     t = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.run(cmd[:-1] + ["--resume" if resume else "--overwrite"], cwd=ROOT,
+                       stderr=subprocess.PIPE, text=True, env=env)
     if p.returncode:
         last = p.stderr.strip().splitlines()[-1:] or [f"exit status {p.returncode}"]
         sys.exit(f"error: `python {' '.join(cmd[1:])}` failed: {last[0]}")
     with open(os.path.join(out, "adapter.json")) as f:
         info = json.load(f)
-    info.update(command=cmd[1:], wall_s=time.time() - t,
+    info.update(command=cmd[1:], wall_s=time.time() - t, resumed=resume,
                 adapter_bytes=os.path.getsize(os.path.join(out, "adapter.safetensors")))
     atomic_write(done, lambda p: write_text(p, json.dumps(info, indent=1)))
     return info
@@ -64,7 +72,8 @@ def hardware():
     cpu = platform.processor()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
     import torch
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
@@ -78,53 +87,66 @@ def main():
     p.add_argument("--model", default="smollm2")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-train-examples", default="2000")
-    p.add_argument("--holdout", type=int, default=500, help="training examples held out to choose the learning rate")
-    p.add_argument("--select", default="grid", help="grid: choose lr on the held-out slice; none: train.py's defaults")
+    p.add_argument("--holdout", type=int, default=500,
+                   help="training examples held out to choose the learning rate")
+    p.add_argument("--select", default="grid",
+                   help="grid: choose lr on the held-out slice; none: train.py's defaults")
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "results"))
     args = p.parse_args()
     rows, seeds = [], [int(s) for s in args.seeds.split(",")]
     for task in args.tasks.split(","):
         zero_shot = None
         for method in args.methods.split(","):
-            lr, tried = DEFAULT_LR[method], {}
+            lr, tried = METHODS[method].lr, {}
             if args.select == "grid":
                 for g in GRID[method]:
-                    info = train(os.path.join(args.runs, f"{task}-{method}-select-{g:g}"), task, method, 0, g, args, args.holdout)
-                    tried[g] = info["metrics"]["dev"]["metric"]  # "dev" here is the held-out slice of train
+                    info = train(os.path.join(args.runs, f"{task}-{method}-select-{g:g}"),
+                                 task, method, 0, g, args, args.holdout)
+                    # "dev" here is the held-out slice of train
+                    tried[g] = info["metrics"]["dev"]["metric"]
                 lr = max(tried, key=tried.get)
-            runs = [train(os.path.join(args.runs, f"{task}-{method}-seed{s}"), task, method, s, lr, args) for s in seeds]
+            runs = [train(os.path.join(args.runs, f"{task}-{method}-seed{s}"), task, method, s, lr,
+                          args) for s in seeds]
             scores = [r["metrics"]["dev"]["metric"] for r in runs]
             zero_shot = runs[0]["metrics"]["zero_shot"]["metric"]
             trainable = runs[0]["trainable"]
-            rows.append({"task": task, "method": method, "metric_name": runs[0]["metric_name"], "lr": lr,
-                         "lr_tried_on_holdout": tried, "scores": scores, "mean": statistics.mean(scores),
-                         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "n_seeds": len(scores),
+            rows.append({"task": task, "method": method, "metric_name": runs[0]["metric_name"],
+                         "lr": lr, "lr_tried_on_holdout": tried, "scores": scores,
+                         "mean": statistics.mean(scores),
+                         "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                         "n_seeds": len(scores),
                          "trainable": trainable, "adapter_bytes": runs[0]["adapter_bytes"],
                          "wall_s": statistics.mean(r["wall_s"] for r in runs), "model": args.model})
             print(json.dumps(rows[-1]))
-        rows.append({"task": task, "method": "zero-shot", "metric_name": rows[-1]["metric_name"], "scores": [zero_shot],
-                     "mean": zero_shot, "std": 0.0, "n_seeds": 1, "trainable": 0, "adapter_bytes": 0, "wall_s": 0.0,
-                     "model": args.model})
-    lr_from = "train.py defaults" if args.select == "none" else f"chosen on {args.holdout} held out of train"
+        rows.append({"task": task, "method": "zero-shot", "metric_name": rows[-1]["metric_name"],
+                     "scores": [zero_shot], "mean": zero_shot, "std": 0.0, "n_seeds": 1,
+                     "trainable": 0, "adapter_bytes": 0, "wall_s": 0.0, "model": args.model})
+    lr_from = ("train.py defaults" if args.select == "none"
+               else f"chosen on {args.holdout} held out of train")
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs, lr {lr_from}"
     run_by = {"budget": budget, "command": "python " + " ".join(sys.argv), "hardware": hardware()}
     for r in rows:
         r.update(run_by)
     path, new = os.path.join(HERE, "results.json"), {(r["task"], r["method"]): r for r in rows}
-    if os.path.exists(path):  # rows this command measured again replace the old ones in place; others stay
+    # rows this command measured again replace the old ones in place; others stay
+    if os.path.exists(path):
         with open(path) as f:
-            rows = [new.pop((r["task"], r["method"]), r) for r in json.load(f)["rows"]] + list(new.values())
+            rows = ([new.pop((r["task"], r["method"]), r) for r in json.load(f)["rows"]]
+                    + list(new.values()))
     budgets = " / ".join(dict.fromkeys(f"{r['task']}: {r['budget']}" for r in rows))
     hardwares = " / ".join(dict.fromkeys(r["hardware"] for r in rows))
     text = json.dumps({"hardware": hardwares, "budget": budgets, "rows": rows}, indent=1)
     atomic_write(path, lambda p: write_text(p, text))
-    lines = [f"Hardware: {hardwares}.", "", "| task | method | dev metric (mean ± std) | seeds | budget | trainable |"
+    lines = [f"Hardware: {hardwares}.", "",
+             "| task | method | dev metric (mean ± std) | seeds | budget | trainable |"
              " adapter | wall time / run |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['method']} | {r['metric_name']} {100 * r['mean']:.1f} ± {100 * r['std']:.1f} | "
-                     f"{r['n_seeds']} | {r['budget']} | {r['trainable']:,} | {r['adapter_bytes'] / 1e6:.2f} MB | "
-                     f"{r['wall_s']:.0f} s |")
-    lines += ["", "Commands: " + " ; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))]
+        lines.append(f"| {r['task']} | {r['method']} | {r['metric_name']} "
+                     f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} | "
+                     f"{r['n_seeds']} | {r['budget']} | {r['trainable']:,} | "
+                     f"{r['adapter_bytes'] / 1e6:.2f} MB | {r['wall_s']:.0f} s |")
+    lines += ["", "Commands: "
+              + " ; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))]
     atomic_write(os.path.join(HERE, "results.md"), lambda p: write_text(p, "\n".join(lines) + "\n"))
     print("\n".join(lines))
 

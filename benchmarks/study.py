@@ -1,17 +1,17 @@
 """Does prompt tuning strike back here? Every arm of the study, over seeds, at one budget.
 
-    python benchmarks/study.py --jobs 2                    # every arm, seeds 0,1,2; resumes finished runs
+    python benchmarks/study.py --jobs 2            # every arm, seeds 0,1,2; resumes if stopped
     python benchmarks/study.py --arms lopa,prompt --seeds 0
-    python benchmarks/study.py --report                    # the table from the runs finished so far
+    python benchmarks/study.py --report            # the table from the runs finished so far
 
-An arm is one train.py configuration (ARMS). Each run is `python train.py ...` in its own process, so
-its number is exactly what that command line gives, and a finished run is reused when the script
-runs again: its record (benchmarks/study/*.json) is committed, so the study continues across sessions. Runs go seed by seed, in ARMS' order, so the
-first finished runs already pair up. Nothing is chosen here: every arm's settings are fixed in ARMS
-before any run. For LOPA and IDPG runs the report also runs benchmarks/diagnose.py (is the instance
-part used?). The report gives each arm's mean ± std over seeds, and the paired difference to prompt
-tuning and to LOPA over the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json
-and study.md.
+An arm is one train.py configuration (ARMS), fixed before any run: nothing is chosen here. Each run
+is `python train.py ...` in its own process, so its number is exactly what that command gives. A
+finished run leaves a record in benchmarks/study/ (committed), so the study continues across
+sessions; a run cut off midway continues from its checkpoint. Runs go seed by seed, in ARMS' order,
+so the first finished runs already pair up. For LOPA and IDPG runs the report also runs
+benchmarks/diagnose.py (is the instance part used?) while the adapter is on this machine. The report
+gives each arm's mean ± std over seeds and its paired difference to prompt tuning and to LOPA over
+the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json and study.md.
 """
 import argparse
 import json
@@ -41,7 +41,8 @@ ARMS = {  # name: (train.py flags, the question the arm answers)
     "lopa-add": (["--method", "lopa", "--combine", "add"], "Z = Z_S + Z_I, an official variant"),
     "lora": (["--method", "lora"], "LoRA r = 16 on q, k, v"),
     "idpg": (["--method", "idpg"], "IDPG: a full-rank prompt from e, the paper's baseline"),
-    "lopa-random": (["--method", "lopa", "--init", "random"], "Z_S from N(0, 1), as the official code"),
+    "lopa-random": (["--method", "lopa", "--init", "random"],
+                    "Z_S from N(0, 1), as the official code"),
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -56,7 +57,7 @@ def run_folder(args, arm, seed):
 
 def record(args, arm, seed):
     """Where a finished run's result.json (and diagnosis) is kept: in git, so that the study resumes
-    in a later session even though the runs' folders (adapters, checkpoints) stay on this machine."""
+    in a later session, though the runs' folders (adapters, checkpoints) stay on this machine."""
     return os.path.join(args.records, name(args, arm, seed) + ".json")
 
 
@@ -64,13 +65,20 @@ def train_and_record(args, arm, seed, env):
     if finished(args, arm, seed):
         return
     info = run_train(run_folder(args, arm, seed), flags(args, arm, seed), env)
+    info.update(hardware=hardware(), threads=env["OMP_NUM_THREADS"])
+    write_record(args, arm, seed, info)
+
+
+def write_record(args, arm, seed, info):
     os.makedirs(args.records, exist_ok=True)
-    atomic_write(record(args, arm, seed), lambda p: write_text(p, json.dumps(info, indent=1) + "\n"))
+    text = json.dumps(info, indent=1) + "\n"
+    atomic_write(record(args, arm, seed), lambda p: write_text(p, text))
 
 
 def flags(args, arm, seed):
-    return ["--task", args.task, "--model", args.model, "--seed", str(seed), "--epochs", str(args.epochs),
-            "--max-train-examples", str(args.max_train_examples), *ARMS[arm][0]]
+    return ["--task", args.task, "--model", args.model, "--seed", str(seed),
+            "--epochs", str(args.epochs), "--max-train-examples", str(args.max_train_examples),
+            *ARMS[arm][0]]
 
 
 def finished(args, arm, seed):
@@ -93,7 +101,7 @@ def diagnosis(args, arm, seed):
         subprocess.run(cmd, cwd=ROOT, check=True)
         with open(path) as f:
             info["diagnose"] = json.load(f)
-        atomic_write(record(args, arm, seed), lambda p: write_text(p, json.dumps(info, indent=1) + "\n"))
+        write_record(args, arm, seed, info)
     return info.get("diagnose")
 
 
@@ -129,9 +137,14 @@ def report(args, arms, seeds):
                 row[f"minus_{ref}"] = paired([row["scores"][s] for s in common],
                                              [rows[ref]["scores"][s] for s in common])
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs"
-    out = {"task": args.task, "model": args.model, "budget": budget, "hardware": hardware(),
-           "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]), "rows": list(rows.values())}
-    atomic_write(os.path.join(HERE, "study.json"), lambda p: write_text(p, json.dumps(out, indent=1)))
+    machines = sorted({r.get("hardware", "unrecorded") for a in arms for s in seeds
+                       if (r := finished(args, a, s))})
+    out = {"task": args.task, "model": args.model, "budget": budget,
+           "hardware": " / ".join(machines),
+           "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
+           "rows": list(rows.values())}
+    atomic_write(os.path.join(HERE, "study.json"),
+                 lambda p: write_text(p, json.dumps(out, indent=1) + "\n"))
     atomic_write(os.path.join(HERE, "study.md"), lambda p: write_text(p, markdown(out)))
     print(markdown(out))
 
@@ -145,20 +158,23 @@ def interval(p):
 
 def markdown(out):
     lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}.", "",
-             "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) | minus lopa (95% CI) "
-             "| mean-e ablation: Δ metric, predictions changed | trainable |", "|---|---|---|---|---|---|---|"]
+             "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) "
+             "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed | trainable |",
+             "|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         seeds = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
         diag = "-"
         if r.get("diagnose"):
             ds = list(r["diagnose"].values())
-            diag = (f"{100 * statistics.mean(d['mean_e']['metric'] - d['real']['metric'] for d in ds):+.2f}, "
-                    f"{statistics.mean(d['mean_e']['changed'] for d in ds):.0f} of {ds[0]['n']}")
+            delta = statistics.mean(d["mean_e"]["metric"] - d["real"]["metric"] for d in ds)
+            changed = statistics.mean(d["mean_e"]["changed"] for d in ds)
+            diag = f"{100 * delta:+.2f}, {changed:.0f} of {ds[0]['n']} ({len(ds)} seeds)"
         lines.append(f"| {r['arm']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {seeds} | "
                      f"{interval(r['minus_prompt']) if 'minus_prompt' in r else '-'} | "
                      f"{interval(r['minus_lopa']) if 'minus_lopa' in r else '-'} | {diag} | "
                      f"{r['trainable']:,} |")
-    lines += ["", "Arms:"] + [f"- {r['arm']}: `{' '.join(r['flags'])}`: {r['question']}" for r in out["rows"]]
+    lines += ["", "Arms:"]
+    lines += [f"- {r['arm']}: `{' '.join(r['flags'])}`: {r['question']}" for r in out["rows"]]
     lines += ["", f"Command: `{out['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -171,7 +187,7 @@ def main():
     p.add_argument("--model", default="smollm2")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-train-examples", default="2000")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once; each gets cores / jobs threads")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores/jobs threads")
     p.add_argument("--report", action="store_true", help="only tabulate the runs already finished")
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "study"), help="the runs' folders")
     p.add_argument("--records", default=os.path.join(HERE, "study"), help="finished runs' records")
@@ -184,7 +200,13 @@ def main():
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: early runs pair up
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda job: train_and_record(args, *job, env), todo))
+            futures = [pool.submit(train_and_record, args, arm, seed, env) for arm, seed in todo]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:  # a failed run: start no more (the ones running finish)
+                pool.shutdown(cancel_futures=True)
+                raise
     report(args, arms, seeds)
 
 

@@ -1,11 +1,12 @@
-"""Read a soft prompt as words: for each row of Z, the vocabulary tokens whose input embeddings point the
-same way (cosine similarity), the probe Lester et al. (2021) used on learned prompts.
+"""Read a soft prompt as words: for each row of Z, the vocabulary tokens whose input embeddings
+point the same way (cosine similarity), the probe Lester et al. (2021) used on learned prompts.
 
     python exercises/nearest_tokens.py runs/sst2-lopa                      # the rows of Z_S
-    python exercises/nearest_tokens.py runs/sst2-lopa "a gripping film"    # LOPA: the rows of Z for this input
+    # LOPA: the rows of Z for this input
+    python exercises/nearest_tokens.py runs/sst2-lopa "a gripping film"
 
-Prompts start as copies of random vocabulary rows (lopa.vocab_init), so before training every row's nearest
-token is the one it was copied from, at similarity 1.
+Prompts start as copies of random vocabulary rows (lopa.vocab_init), so before training every row's
+nearest token is the one it was copied from, at similarity 1.
 """
 import argparse
 import json
@@ -24,9 +25,10 @@ from lopa import load_adapter  # noqa: E402
 
 @torch.no_grad()
 def nearest_tokens(model, prompt, k=3):
-    """(values, indices), both (m, k): the cosine similarities and ids of the k closest vocabulary rows."""
+    """(values, indices), both (m, k): the cosine similarities and ids of the k closest vocabulary
+    rows."""
     vocab = model.embed(torch.arange(model.config.vocab_size, device=prompt.device))  # (V, d)
-    sims = F.normalize(prompt, dim=-1) @ F.normalize(vocab, dim=-1).T                  # (m, d) @ (d, V) -> (m, V)
+    sims = F.normalize(prompt, dim=-1) @ F.normalize(vocab, dim=-1).T  # (m, d) @ (d, V) -> (m, V)
     return sims.topk(k, dim=-1)
 
 
@@ -41,7 +43,8 @@ def show(title, prompt, model, tokenizer, k):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("adapter", help="folder written by train.py")
-    p.add_argument("text", nargs="*", help="inputs to show LOPA's per-input prompt Z for (pair tasks: tab between)")
+    p.add_argument("text", nargs="*",
+                   help="inputs to show LOPA's per-input prompt Z for (pair tasks: tab between)")
     p.add_argument("-k", type=int, default=3, help="neighbours per row")
     args = p.parse_args(argv)
     try:
@@ -54,13 +57,14 @@ def main(argv=None):
     if not hasattr(tuner, "z_s"):
         raise UserError(f"a {info['method']} adapter has no soft prompt to read")
     if args.text and info["method"] != "lopa":
-        raise UserError(f"a {info['method']} prompt is the same for every input: drop the texts to see it")
+        raise UserError(f"a {info['method']} prompt is the same for every input: "
+                        f"drop the texts to see it")
     show("Z_S, shared by every input:", tuner.z_s, model, tokenizer, args.k)
     task = data.TASKS[info["task"]]
     for text in args.text:
         parts = tuple(text.split("\t", len(task.text_cols) - 1))
         parts += ("",) * (len(task.text_cols) - len(parts))
-        ids = data.encode(task, parts, tokenizer, 256)
+        ids = data.tokenize(task, parts, tokenizer, 256)
         with torch.no_grad():
             z = tuner.prompt(torch.tensor([ids]), torch.tensor([len(ids)]))[0]    # (m, d)
         show(f"Z for {text!r}:", z, model, tokenizer, args.k)

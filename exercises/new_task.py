@@ -1,11 +1,11 @@
 """A new classification task from your own TSV files, trained by train.py unchanged.
 
-FOLDER holds train.tsv and dev.tsv: UTF-8, tab-separated, a header line naming the columns `text` and
-`label`, each label `neg` or `pos`. For other data, change tsv_task below: the columns, the raw labels,
-one label word per label (each a single token with its leading space), and a template whose last token
-is where the model should say the label word.
+FOLDER holds train.tsv and dev.tsv: UTF-8, tab-separated, a header line naming the columns `text`
+and `label`, each label `neg` or `pos`. For other data, change tsv_task below: the columns, the raw
+labels, one label word per label (each a single token with its leading space), and a template whose
+last token is where the model should say the label word.
 
-    python exercises/new_task.py FOLDER --epochs 2     # then any train.py flag; the run is named "tsv"
+    python exercises/new_task.py FOLDER --epochs 2  # then any train.py flag; the run is named "tsv"
 """
 import os
 import sys
@@ -18,10 +18,12 @@ from common import UserError  # noqa: E402
 
 
 def tsv_task(folder, name="tsv"):
-    folder = os.path.abspath(folder)  # load_split joins the data folder with this, and an absolute path wins
+    # load_split joins the data folder with this, and an absolute path wins
+    folder = os.path.abspath(folder)
     return data.Task(name, text_cols=("text",), label_col="label", labels=("neg", "pos"),
-                     label_words=[" bad", " good"], template="Text: {0}\nOverall, it was", metric="acc",
-                     files={"train": os.path.join(folder, "train.tsv"), "dev": os.path.join(folder, "dev.tsv")})
+                     label_words=[" bad", " good"], template="Text: {0}\nOverall, it was",
+                     metric="acc", files={"train": os.path.join(folder, "train.tsv"),
+                                          "dev": os.path.join(folder, "dev.tsv")})
 
 
 def main(argv=None):

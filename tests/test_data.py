@@ -113,7 +113,7 @@ def test_task_validation():
 def test_encode_equals_tokenizing_the_whole_prompt(name, tokenizer):
     task = TASKS[name]
     for texts, _ in data.load_split(name, "dev")[:100]:
-        ids = data.encode(task, texts, tokenizer, 1024)
+        ids = data.tokenize(task, texts, tokenizer, 1024)
         assert ids == data.token_ids(tokenizer, task.fill(*texts))
 
 
@@ -126,20 +126,20 @@ def test_truncation_cuts_text_never_the_template(name, gpt2):
     task = TASKS[name]
     head, tail = template_ends(task, gpt2)
     long = " ".join(["word"] * 5000)
-    ids = data.encode(task, [long] * len(task.text_cols), gpt2, 128)
+    ids = data.tokenize(task, [long] * len(task.text_cols), gpt2, 128)
     assert len(ids) == 128 and ids[:len(head)] == head and ids[-len(tail):] == tail
     whole_template = ".*".join(map(re.escape, task.literals))  # every piece of it survives, in order
     assert re.fullmatch(whole_template, gpt2.decode(ids), re.S)
     if len(task.text_cols) == 2:  # the longer text is cut first: a short one survives whole
-        ids = data.encode(task, ["short premise here.", long], gpt2, 128)
+        ids = data.tokenize(task, ["short premise here.", long], gpt2, 128)
         assert "short premise here." in gpt2.decode(ids)
-        ids = data.encode(task, [long, "short hypothesis."], gpt2, 128)
+        ids = data.tokenize(task, [long, "short hypothesis."], gpt2, 128)
         assert "short hypothesis." in gpt2.decode(ids)
 
 
 def test_max_len_shorter_than_template(gpt2):
     with pytest.raises(UserError, match="too short"):
-        data.encode(TASKS["rte"], ["a", "b"], gpt2, 5)
+        data.tokenize(TASKS["rte"], ["a", "b"], gpt2, 5)
 
 
 ODD = ["", " ", "\t\n\r", "😀" * 50, "\x00\x01\x07\x1b[31m", "<|endoftext|>", "<|im_start|>", "{0} {1} }{",
@@ -153,14 +153,14 @@ def test_encode_odd_text_property(tokenizer):
         head, tail = template_ends(task, tokenizer)
         texts = ["".join(rng.choice(ODD + [chr(rng.randrange(1, 0x3000))]) for _ in range(rng.randrange(0, 8)))
                  for _ in task.text_cols]
-        bare = len(data.encode(task, [""] * len(texts), tokenizer, 1024))  # the template alone
+        bare = len(data.tokenize(task, [""] * len(texts), tokenizer, 1024))  # the template alone
         max_len = rng.choice([bare, bare + 1, bare + 16, 256])
-        ids = data.encode(task, texts, tokenizer, max_len)
+        ids = data.tokenize(task, texts, tokenizer, max_len)
         assert len(ids) <= max_len and ids[:len(head)] == head and ids[-len(tail):] == tail
         assert all(0 <= t < tokenizer.get_vocab_size() for t in ids)
     huge = " ".join(f"w{i}" for i in range(10_000))
     for task in TASKS.values():
-        ids = data.encode(task, [huge] * len(task.text_cols), tokenizer, 256)
+        ids = data.tokenize(task, [huge] * len(task.text_cols), tokenizer, 256)
         assert len(ids) == 256 and ids[-len(template_ends(task, tokenizer)[1]):] == template_ends(task, tokenizer)[1]
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import unittest.mock
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -15,8 +16,6 @@ import torch.nn.functional as F
 import data
 from benchmarks import plot_results, results
 from common import UserError
-from exercises.idpg import IDPG, IDPGConfig, closed_form_idpg
-from exercises.idpg import main as idpg_main
 from exercises.mean_pool import MeanPoolLOPA, mean_hidden
 from exercises.mean_pool import main as mean_pool_main
 from exercises.nearest_tokens import main as nearest_main
@@ -44,58 +43,20 @@ def quick(folder, out, *extra):
             "--batch-size", "8", "--epochs", "1", "--m", "4", "--hidden", "16", *extra]
 
 
-# ----------------------------------------------------------------------------- IDPG
+# ----------------------------------------------------------------------------- a new method
 
-def test_idpg_parameter_count_is_its_closed_form():
-    for cfg in (GPTConfig(), SMALL):
-        with torch.device("meta"):
-            model = GPT(cfg)
-        for m, H in ((10, 256), (4, 16), (25, 64)):
-            n = sum(p.numel() for p in IDPG(model, IDPGConfig(m=m, hidden=H)).trainable_parameters())
-            assert n == closed_form_idpg(cfg.n_embd, cfg.n_embd, m, H)
-    assert closed_form_idpg(768, 768) == 2_170_624 and closed_form_idpg(1024, 1024) == 2_894_080
-    with pytest.raises(UserError):
-        IDPGConfig(m=0)
-
-
-def test_idpg_prompt_is_per_input_starts_at_vocabulary_rows_and_model_stays_frozen():
-    model = small()
-    idpg = IDPG(model, IDPGConfig(m=3, hidden=8)).eval()
-    ids, lengths = batch()
-    z = idpg.prompt(ids, lengths)                                      # (B, m, d)
-    assert z.shape == (4, 3, 32) and not torch.allclose(z[0], z[1])
-    start = idpg.mlp[3].bias.view(3, 32)                                # copied from vocabulary rows
-    sims, nearest = nearest_tokens(model, start, k=1)
-    assert torch.allclose(sims, torch.ones_like(sims), atol=1e-5)
-    assert F.cosine_similarity(z, start, dim=-1).min() > 0.9
-    assert all(not p.requires_grad for p in model.parameters())
-    torch.testing.assert_close(idpg.prompt(ids, lengths, enc=idpg.encode(ids, lengths)), z, atol=0, rtol=0)
-
-
-def test_idpg_fits_one_batch():
-    tuner = IDPG(small(), IDPGConfig(m=4, hidden=16, dropout=0.0)).train()
-    ids, lengths = batch(B=8, T=10, seed=5)
-    y, words = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1]), torch.tensor([5, 7])
-    opt = torch.optim.AdamW(tuner.trainable_parameters(), lr=1e-2)
-    losses = []
-    for _ in range(60):
-        loss = F.cross_entropy(label_logits(tuner.model, tuner(ids, lengths), words), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.05 < losses[0]
-    assert all(p.grad is None for p in tuner.model.parameters())
-
-
-@pytest.mark.parametrize("main,method", [(idpg_main, "idpg"), (mean_pool_main, "lopa_mean")])
-def test_new_methods_train_through_train_py_and_leave_it_as_it_was(main, method, tiny_gpt2, tmp_path):
-    before = dict(METHODS)
-    status, out = quiet(main, ["--task", "rte", *quick(tiny_gpt2, tmp_path / method)])
-    assert status == 0 and out.startswith(f"{method}: train.py's loop") and "done in" in out
-    info = json.loads((tmp_path / method / "adapter.json").read_text())
-    assert info["method"] == method and info["config"]["m"] == 4
-    assert dict(METHODS) == before
+def test_a_registered_method_trains_through_train_py_with_its_own_cached_e(tiny_gpt2, tmp_path):
+    status, out = quiet(mean_pool_main, ["--task", "rte", *quick(tiny_gpt2, tmp_path / "mp")])
+    assert status == 0 and "method: lopa_mean;" in out and "done in" in out
+    info = json.loads((tmp_path / "mp" / "adapter.json").read_text())
+    assert info["method"] == "lopa_mean" and info["config"]["m"] == 4
+    assert METHODS["lopa_mean"].tuner is MeanPoolLOPA
+    seen = []  # the e train.py hands the tuner is the pooled one, computed once per example
+    real = MeanPoolLOPA.prompt
+    with unittest.mock.patch.object(MeanPoolLOPA, "prompt", lambda self, i, n, e=None: (seen.append(e),
+                                                                                        real(self, i, n, e))[1]):
+        quiet(mean_pool_main, ["--task", "rte", *quick(tiny_gpt2, tmp_path / "mp2")])
+    assert seen and all(e is not None for e in seen)
 
 
 # ----------------------------------------------------------------------------- mean pooling
@@ -114,9 +75,7 @@ def test_mean_pooling_ignores_padding():
     tuner = MeanPoolLOPA(model, LOPAConfig(m=3, r=2, hidden=8)).eval()
     assert torch.equal(tuner.encode(ids, lengths), pooled)
     last = LOPA(model, LOPAConfig(m=3)).encode(ids, lengths)           # what train.py caches for a LOPA
-    assert torch.equal(tuner.prompt(ids, lengths, enc=last), tuner.prompt(ids, lengths))  # ignored: pooled anyway
     assert not torch.allclose(pooled, last)
-    assert tuner.method == "lopa_mean" and "lopa_mean" not in METHODS  # predict.py refuses, not misreads
 
 
 # ----------------------------------------------------------------------------- nearest tokens
@@ -170,7 +129,7 @@ def test_new_task_loads_encodes_and_trains(tiny_gpt2, tmp_path):
     assert status == 0 and "training on 4 of 4 examples; dev: 4" in out
     assert json.loads((tmp_path / "run" / "adapter.json").read_text())["task"] == "tsv"
     assert data.TASKS == before and "tsv" not in data.TASKS
-    ids = data.encode(task, ("what a lovely day",), tokenizer, 64)
+    ids = data.tokenize(task, ("what a lovely day",), tokenizer, 64)
     assert tokenizer.decode(ids) == "Text: what a lovely day\nOverall, it was"
     write_tsv(tmp_path / "bad", rows + [("no label here", "maybe")])
     with pytest.raises(UserError, match=r"train\.tsv:6: unknown label 'maybe'"):
@@ -195,7 +154,7 @@ def test_serve_two_tasks_in_one_batch_equals_each_alone(tiny_gpt2, tmp_path):
     for (k, text), (word, prob) in zip(requests, answers):
         tuner, task = adapters[k]
         parts = tuple(text.split("\t")) + ("",) * (len(task.text_cols) - len(text.split("\t")))
-        ids = data.encode(task, parts, tokenizer, 124)
+        ids = data.tokenize(task, parts, tokenizer, 124)
         with torch.no_grad():
             h = tuner(torch.tensor([ids]), torch.tensor([len(ids)]))
         probs = label_logits(model, h, torch.tensor(data.label_token_ids(task, tokenizer))).softmax(-1)[0]

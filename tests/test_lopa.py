@@ -198,3 +198,21 @@ def test_lora_matches_peft(hf_and_ours):
             layer.lora_B["default"].weight.copy_(lora.B[key])
         ids = torch.randint(1, 100, (3, 7))
         torch.testing.assert_close(ours(ids), ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_trained_encoder_is_a_copy_that_learns_while_the_model_stays_frozen():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = LOPA(model, LOPAConfig(m=3, r=2, hidden=8, encoder_lr=1e-2)).train()
+    assert not t.caches_encoder and t.encoder is not model
+    groups = t.param_groups(1e-3)
+    assert [g["base_lr"] for g in groups] == [1e-3, 1e-2]
+    assert sum(len(g["params"]) for g in groups) == len(t.trainable_parameters())
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    ids, lengths = batch()
+    loss = F.cross_entropy(label_logits(model, t(ids, lengths), torch.tensor([5, 7])), torch.tensor([0, 1, 1, 0]))
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in t.encoder.state_dict().items())
+    assert LOPA(model, LOPAConfig(m=3)).caches_encoder and not any(p.requires_grad for p in model.parameters())

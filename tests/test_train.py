@@ -9,8 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import data
 import train
 from common import UserError
+from lopa import closed_form, load_adapter
+from model import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,3 +154,24 @@ def test_predict_errors_are_one_line(tiny_gpt2, tmp_path):
     (tmp_path / "bad" / "adapter.safetensors").write_bytes(b"not a safetensors file")
     p = run("predict.py", "--adapter", str(tmp_path / "bad"), "some text", check=False)
     assert p.returncode == 2 and "cannot read the adapter" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_a_trained_encoder_is_counted_saved_beside_the_adapter_and_reloads(tiny_gpt2, tmp_path, one_thread,
+                                                                          capsys):
+    out = tmp_path / "enc"
+    assert train.main(["--task", "sst2", *quick(tiny_gpt2, out), "--encoder-lr", "1e-3"]) == 0
+    assert "are the trained encoder's: a client keeps that whole model" in capsys.readouterr().out
+    info = json.loads((out / "adapter.json").read_text())
+    model, tokenizer = load_model(tiny_gpt2)
+    n_model = sum(p.numel() for p in model.parameters())
+    assert info["trainable"] == closed_form("lopa", 32, 32, m=4, r=4, H=16) + n_model
+    assert info["config"]["encoder_lr"] == 1e-3
+    saved = load_file(out / "encoder.safetensors")
+    assert not any(k.startswith("encoder.") for k in load_file(out / "adapter.safetensors"))
+    base = model.state_dict()
+    assert any(not torch.equal(v, base[k]) for k, v in saved.items())  # the encoder was trained
+    tuner, _ = load_adapter(str(out), model)  # and reloads to score exactly what training measured
+    task = data.TASKS["sst2"]
+    dev = train.tokenize_split("dev", task, data.load_split("sst2", "dev"), tokenizer, 128 - 4)
+    label_ids = torch.tensor(data.label_token_ids(task, tokenizer))
+    assert train.evaluate(task, tuner, dev, label_ids, "cpu", 16) == info["metrics"]["dev"]

@@ -1,0 +1,73 @@
+"""benchmarks/study.py: records that resume the study, paired intervals, the table; train.py faked."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import results, study
+
+
+def test_paired_difference_and_its_95_percent_interval():
+    p = study.paired([0.86, 0.87, 0.85], [0.85, 0.85, 0.86])  # differences 0.01, 0.02, -0.01
+    sd = (((0.01 - 0.02 / 3) ** 2 + (0.02 - 0.02 / 3) ** 2 + (-0.01 - 0.02 / 3) ** 2) / 2) ** 0.5
+    assert p["n"] == 3 and p["mean"] == pytest.approx(0.02 / 3)
+    assert p["high"] - p["mean"] == pytest.approx(4.303 * sd / 3 ** 0.5)  # t(0.975, 2 df) = 4.303
+    assert study.interval(p).endswith(", n.s.")                            # the interval holds 0
+    assert not study.interval(study.paired([0.9, 0.91, 0.92], [0.8, 0.8, 0.81])).endswith("n.s.")
+    assert study.paired([0.9], [0.8])["low"] is None
+
+
+def fake_processes(calls, score, fail_at=None):
+    """subprocess.run for train.py and diagnose.py: writes what they would, records the flags."""
+    real = subprocess.run
+
+    def run(cmd, **kw):
+        if cmd[1:2] not in (["train.py"], ["benchmarks/diagnose.py"]):
+            return real(cmd, **kw)                                     # platform.processor() asks uname
+        flag = {a: b for a, b in zip(cmd, cmd[1:]) if a.startswith("--")}
+        if cmd[1] == "benchmarks/diagnose.py":
+            with open(flag["--json"], "w") as f:
+                json.dump({"n": 10, "real": {"metric": 0.8, "changed": 0},
+                           "mean_e": {"metric": 0.7, "changed": 3}}, f)
+            return subprocess.CompletedProcess(cmd, 0)
+        calls.append((flag["--method"], int(flag["--seed"]), "--resume" in cmd))
+        os.makedirs(flag["--out"], exist_ok=True)
+        if len(calls) == fail_at:                                      # a run cut off midway
+            open(os.path.join(flag["--out"], "checkpoint.json"), "w").write("{}")
+            return subprocess.CompletedProcess(cmd, 130, stderr="interrupted\n")
+        with open(os.path.join(flag["--out"], "adapter.json"), "w") as f:
+            json.dump({"metrics": {"dev": {"metric": score(flag)}, "zero_shot": {"metric": 0.5}},
+                       "trainable": 7}, f)
+        open(os.path.join(flag["--out"], "adapter.safetensors"), "wb").write(bytes(8))
+        return subprocess.CompletedProcess(cmd, 0, stderr="")
+    return run
+
+
+def test_study_records_resume_and_report(tmp_path, monkeypatch):
+    calls = []
+    gain = {"prompt": 0.80, "lopa": 0.85}
+    fake = fake_processes(calls, lambda f: gain[f["--method"]] + int(f["--seed"]) / 100, fail_at=2)
+    monkeypatch.setattr(results.subprocess, "run", fake)
+    monkeypatch.setattr(study.subprocess, "run", fake)
+    monkeypatch.setattr(study, "HERE", str(tmp_path))
+    argv = ["study.py", "--arms", "prompt,lopa", "--seeds", "0,1,2", "--runs", str(tmp_path / "runs"),
+            "--records", str(tmp_path / "records")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="failed: interrupted"):      # lopa seed 0 is cut off
+        study.main()
+    assert calls[:2] == [("prompt", 0, False), ("lopa", 0, False)]
+    study.main()                                                       # continues: resumes lopa 0
+    assert calls.count(("lopa", 0, True)) == 1 and len(calls) == 7    # 6 runs, one of them in 2 parts
+    assert len(os.listdir(tmp_path / "records")) == 6
+    out = json.loads((tmp_path / "study.json").read_text())
+    lopa = next(r for r in out["rows"] if r["arm"] == "lopa")
+    assert lopa["mean"] == pytest.approx(0.86) and lopa["minus_prompt"]["mean"] == pytest.approx(0.05)
+    assert lopa["minus_prompt"]["low"] == pytest.approx(0.05)          # the same gain on every seed
+    assert lopa["diagnose"]["0"]["mean_e"]["changed"] == 3
+    md = (tmp_path / "study.md").read_text()
+    assert "| lopa | 86.00 ± 1.00 | 85.00, 86.00, 87.00 | +5.00 [+5.00, +5.00] | - | -10.00, 3 of 10" in md
+    n = len(calls)
+    study.main()                                                       # everything is reused
+    assert len(calls) == n
