@@ -239,10 +239,8 @@ def read_gguf(path):
     """A .gguf file as (Hugging Face config dict, state dict in float32 with Hugging Face names,
     Tokenizer)."""
     import gguf
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    # one metadata value; by hand, since ReaderField.contents() is missing in gguf 0.10
-    def value(f):
+    def value(f):  # one metadata value; by hand: ReaderField.contents() is missing in gguf 0.10
         vals = [f.parts[i] for i in f.data]
         vals = [bytes(v).decode() if f.types[-1] == gguf.GGUFValueType.STRING else v[0].item()
                 for v in vals]
@@ -258,6 +256,12 @@ def read_gguf(path):
     except Exception as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); the file may be "
                         f"truncated or not a GGUF: download it again") from None
+    cfg = gguf_config(path, meta, tie="output.weight" not in sd)
+    return cfg, gguf_weights(sd, cfg), gguf_tokenizer(meta)
+
+
+def gguf_config(path, meta, tie):
+    """The Hugging Face config dict of a llama GGUF's metadata; refuses what this Llama can't."""
     arch, pre = meta.get("general.architecture"), meta.get("tokenizer.ggml.pre", "default")
     if (arch != "llama" or meta.get("tokenizer.ggml.model") != "gpt2"
             or pre not in ("smollm", "gpt-2", "default")):
@@ -276,17 +280,19 @@ def read_gguf(path):
     if (llama("rope.dimension_count", n_embd // n_head) != n_embd // n_head
             or llama("rope.scaling.type", "none") != "none"):
         raise UserError(f"{path} uses partial or scaled RoPE, which this Llama does not support")
-    tokens = meta["tokenizer.ggml.tokens"]
-    cfg = dict(model_type="llama", architectures=["LlamaForCausalLM"],
-               vocab_size=llama("vocab_size", len(tokens)),
-               max_position_embeddings=llama("context_length", 2048), hidden_size=n_embd,
-               num_hidden_layers=llama("block_count"), num_attention_heads=n_head,
-               num_key_value_heads=llama("attention.head_count_kv", n_head),
-               intermediate_size=llama("feed_forward_length"),
-               rope_theta=llama("rope.freq_base", 10000.0),
-               rms_norm_eps=llama("attention.layer_norm_rms_epsilon", 1e-5),
-               tie_word_embeddings="output.weight" not in sd)
+    return dict(model_type="llama", architectures=["LlamaForCausalLM"],
+                vocab_size=llama("vocab_size", len(meta["tokenizer.ggml.tokens"])),
+                max_position_embeddings=llama("context_length", 2048), hidden_size=n_embd,
+                num_hidden_layers=llama("block_count"), num_attention_heads=n_head,
+                num_key_value_heads=llama("attention.head_count_kv", n_head),
+                intermediate_size=llama("feed_forward_length"),
+                rope_theta=llama("rope.freq_base", 10000.0),
+                rms_norm_eps=llama("attention.layer_norm_rms_epsilon", 1e-5),
+                tie_word_embeddings=tie)
 
+
+def gguf_weights(sd, cfg):
+    """llama.cpp's tensors under Hugging Face's names and layout."""
     def hf_name(name):  # "blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"
         blk, part = re.fullmatch(r"(blk\.\d+\.)?(.*?)(\.weight)?", name).group(1, 2)
         part = GGUF_NAMES.get(part, part) + ".weight"
@@ -300,12 +306,17 @@ def read_gguf(path):
 
     # gguf's numpy arrays come out (out, in) like nn.Linear (ggml lists dims the other way round):
     # no transposes.
-    sd = {hf_name(k): unpermute(v, cfg["num_attention_heads"]) if ".attn_q." in k else
-          unpermute(v, cfg["num_key_value_heads"]) if ".attn_k." in k else v for k, v in sd.items()}
+    return {hf_name(k): unpermute(v, cfg["num_attention_heads"]) if ".attn_q." in k else
+            unpermute(v, cfg["num_key_value_heads"]) if ".attn_k." in k else v
+            for k, v in sd.items()}
 
-    # The tokenizer transformers builds for this file (pre-tokenizer "smollm"): GPT-2's byte-level
-    # BPE, no BOS. llama.cpp's "smollm" splitter also cuts digits one by one first; no merge in this
-    # file holds a digit, so the ids come out the same either way.
+
+def gguf_tokenizer(meta):
+    """The tokenizer transformers builds for this file (pre-tokenizer "smollm"): GPT-2's byte-level
+    BPE, no BOS. llama.cpp's "smollm" splitter also cuts digits one by one first; no merge in this
+    file holds a digit, so the ids come out the same either way."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    tokens = meta["tokenizer.ggml.tokens"]
     merges = [tuple(x.split(" ", 1)) for x in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -314,7 +325,7 @@ def read_gguf(path):
     kinds = meta.get("tokenizer.ggml.token_type", [])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, k in zip(tokens, kinds) if k == 3])
-    return cfg, sd, tok
+    return tok
 
 
 def load_gguf(name_or_path):

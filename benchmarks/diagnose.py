@@ -17,6 +17,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
@@ -35,7 +36,7 @@ def diagnose(tuner, model, task, dev, label_ids, device, batch_size=32):
     e = each(lambda ids, lengths, index: tuner.encode(ids, lengths), "encode")       # (N, h_enc)
     ways = {"real": lambda index: tuner.prompt(None, None, e[index]),               # -> (B, m, d)
             "mean_e": lambda index: tuner.prompt(None, None, e.mean(0).expand(len(index), -1))}
-    out = {"n": len(dev.ids)}
+    out = {"n": len(dev.ids), "e": encoder_stats(tuner, e)}
     if isinstance(tuner, LOPA):
         t = each(lambda ids, lengths, index: tuner.instance_term(e[index]).flatten(1), "gate")
         t_mean = t.mean(0).view(1, tuner.config.m, -1)                       # (N, m d) -> (1, m, d)
@@ -53,6 +54,19 @@ def diagnose(tuner, model, task, dev, label_ids, device, batch_size=32):
     return out
 
 
+@torch.no_grad()
+def encoder_stats(tuner, e):
+    """How e (N, h_enc) reaches the MLPs: its size, how much it varies across examples, and the
+    share of the first MLP layer's tanh units at |tanh| > 0.99 (saturated: almost no gradient)."""
+    first = (tuner.mlp_u if isinstance(tuner, LOPA) else tuner.mlp)[1]   # Linear(h_enc, H)
+    x = F.normalize(e, dim=-1) if getattr(tuner.config, "encoder_norm", "none") == "l2" else e
+    features = torch.tanh(first(x))                                        # (N, H)
+    return {"norm": e.norm(dim=-1).mean().item(), "mean_abs": e.abs().mean().item(),
+            "spread": e.std(0).mean().item(), "largest_dim": e.abs().mean(0).max().item(),
+            "saturated": (features.abs() > 0.99).float().mean().item(),
+            "feature_spread": features.std(0).mean().item()}
+
+
 def report(out, task, split):
     n, name = out["n"], task.metric
     lines = [f"{'':34s}{split + ' ' + name:>12s}   predictions changed"]
@@ -61,6 +75,11 @@ def report(out, task, split):
         if key in out:
             changed = "-" if key == "real" else f"{out[key]['changed']} of {n}"
             lines.append(f"{label:34s}{out[key]['metric']:12.4f}   {changed}")
+    s = out["e"]
+    lines.append(f"e: norm {s['norm']:.1f}, mean |e| {s['mean_abs']:.2f}, largest dimension "
+                 f"{s['largest_dim']:.1f}, spread across examples {s['spread']:.2f} (std per "
+                 f"dimension); first MLP layer: {100 * s['saturated']:.0f}% of tanh units "
+                 f"saturated, features spread {s['feature_spread']:.3f}")
     if "term" in out:
         t = out["term"]
         lines.append(f"instance term (σ(Z_I), or Z_I for add): mean {t['mean']:.3f}, std across "

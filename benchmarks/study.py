@@ -43,6 +43,8 @@ ARMS = {  # name: (train.py flags, the question the arm answers)
     "idpg": (["--method", "idpg"], "IDPG: a full-rank prompt from e, the paper's baseline"),
     "lopa-random": (["--method", "lopa", "--init", "random"],
                     "Z_S from N(0, 1), as the official code"),
+    "lopa-encoder": (["--method", "lopa", "--encoder-lr", "1e-5"],
+                     "the published NLU code's encoder: a copy of the model trained at lr 1e-5"),
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 

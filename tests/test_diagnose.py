@@ -33,6 +33,7 @@ def test_real_e_reproduces_the_trained_score(tiny_gpt2, tmp_path, one_thread, ca
     assert out["n"] == 872 and out["real"]["metric"] == info["metrics"]["dev"]["metric"]
     assert out["real"]["changed"] == 0 and 0 <= out["mean_e"]["changed"] <= 872
     assert 0 < out["term"]["min"] <= out["term"]["mean"] <= out["term"]["max"] < 1  # σ of something
+    assert out["e"]["norm"] > out["e"]["mean_abs"] > 0 and 0 <= out["e"]["saturated"] <= 1
     log = capsys.readouterr().out
     assert "every e = the mean e" in log and "gate fixed at its mean" in log and "verdict:" in log
 
@@ -55,6 +56,7 @@ def test_the_ablations_see_an_instance_part_only_where_there_is_one(tiny_gpt2, t
     else:
         assert out["mean_e"]["changed"] > 10 and out["mean_gate"]["changed"] > 10
         assert out["term"]["std_across_examples"] > 0.1
+        assert out["e"]["saturated"] > 0.5  # weights of std 3 on e: tanh at ±1 almost everywhere
 
 
 def test_a_prompt_adapter_is_refused_in_one_line(tiny_gpt2, tmp_path, one_thread):
