@@ -177,3 +177,14 @@ def test_a_trained_encoder_is_counted_saved_beside_the_adapter_and_reloads(tiny_
     dev = train.tokenize_split("dev", task, data.load_split("sst2", "dev"), tokenizer, 128 - 4)
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer))
     assert train.evaluate(task, tuner, dev, label_ids, "cpu", 16) == info["metrics"]["dev"]
+
+
+def test_the_held_out_slice_follows_dev_lengths_and_leaves_training():
+    train_rows, dev_rows = data.load_split("sst2", "train"), data.load_split("sst2", "dev")
+    held = train.holdout_rows(train_rows, dev_rows, 300)
+    assert len(set(held)) == 300 and held == train.holdout_rows(train_rows, dev_rows, 300)
+
+    def short(rows):  # share of phrases of at most 5 words: 42.5% of train, 2.8% of dev
+        return sum(len(" ".join(texts).split()) <= 5 for texts, _ in rows) / len(rows)
+    assert short(train_rows) > 0.4 and short(dev_rows) < 0.05
+    assert short([train_rows[i] for i in held]) < 0.06
