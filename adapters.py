@@ -5,10 +5,12 @@ import json
 import os
 from dataclasses import asdict
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 
 from common import UserError, atomic_write, write_text
+from loading import load_model
 from lopa import METHODS, InstanceTuner, last_hidden
 
 
@@ -26,7 +28,7 @@ def save_adapter(tuner, folder, **meta):
     atomic_write(os.path.join(folder, "adapter.safetensors"), lambda p: save_file(state, p))
     if trains_encoder(tuner):  # tied weights (embeddings = LM head) are stored once
         atomic_write(os.path.join(folder, "encoder.safetensors"),
-                     lambda p: save_model(tuner.encoder, p))
+                     lambda p: safetensors.torch.save_model(tuner.encoder, p))
     info = {"method": tuner.method, "config": asdict(tuner.config),
             "d_model": tuner.model.config.n_embd, **meta}
     atomic_write(os.path.join(folder, "adapter.json"),
@@ -54,13 +56,25 @@ def load_adapter(folder, model):
     tuner = method.tuner(model, config)
     try:
         if trains_encoder(tuner):
-            load_model(tuner.encoder, os.path.join(folder, "encoder.safetensors"))
+            safetensors.torch.load_model(tuner.encoder, os.path.join(folder, "encoder.safetensors"))
             state.update({f"encoder.{k}": v for k, v in tuner.encoder.state_dict().items()})
         tuner.load_state_dict(state)  # strict: the same names and shapes, or an error
     except (RuntimeError, FileNotFoundError):
         raise UserError(f"adapter in {folder} does not fit this model, or its encoder.safetensors "
                         f"is missing; was it trained on {info.get('model')!r}?") from None
     return tuner.eval(), info
+
+
+def load_with_model(folder, device):
+    """(tuner, info, tokenizer): the adapter in folder, on the base model its adapter.json names."""
+    path = os.path.join(folder, "adapter.json")
+    if not os.path.exists(path):
+        raise UserError(f"{folder} has no adapter.json: point --adapter at a folder written by "
+                        f"train.py")
+    with open(path) as f:
+        model, tokenizer = load_model(json.load(f)["model"])
+    tuner, info = load_adapter(folder, model.to(device))
+    return tuner.to(device), info, tokenizer
 
 
 @torch.no_grad()

@@ -5,16 +5,13 @@
 Pair tasks (rte, mrpc, ...) take the two sentences separated by a tab.
 """
 import argparse
-import json
-import os
 import sys
 
 import torch
 
 import data
-from adapters import load_adapter
-from common import UserError, cli, pick_device
-from loading import load_model
+from adapters import load_with_model
+from common import cli, pick_device
 from lopa import label_logits
 
 
@@ -27,17 +24,9 @@ def main(argv=None):
     p.add_argument("text", nargs="*",
                    help="texts to classify; read from stdin, one per line, when none are given")
     args = p.parse_args(argv)
-    info_path = os.path.join(args.adapter, "adapter.json")
-    if not os.path.exists(info_path):
-        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written "
-                        f"by train.py")
-    with open(info_path) as f:
-        info = json.load(f)
     device = pick_device(args.device)
-    model, tokenizer = load_model(info["model"])
-    model.to(device)
-    tuner, info = load_adapter(args.adapter, model)
-    tuner.to(device)
+    tuner, info, tokenizer = load_with_model(args.adapter, device)
+    model = tuner.model
     task = data.TASKS[info["task"]]
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]

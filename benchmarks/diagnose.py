@@ -21,9 +21,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from adapters import load_adapter  # noqa: E402
+from adapters import load_with_model  # noqa: E402
 from common import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
-from loading import load_model  # noqa: E402
 from lopa import LOPA, InstanceTuner, label_logits, last_hidden  # noqa: E402
 from train import per_example, tokenize_split  # noqa: E402
 
@@ -101,15 +100,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-len", type=int, default=256, help="as train.py's --max-len of the run")
     args = p.parse_args(argv)
-    info_path = os.path.join(args.adapter, "adapter.json")
-    if not os.path.exists(info_path):
-        raise UserError(f"{args.adapter} has no adapter.json: point --adapter at a folder written "
-                        f"by train.py")
-    with open(info_path) as f:
-        info = json.load(f)
     device = pick_device(args.device)
-    model, tokenizer = load_model(info["model"])
-    tuner, info = load_adapter(args.adapter, model.to(device))
+    tuner, info, tokenizer = load_with_model(args.adapter, device)
+    model = tuner.model
     if not isinstance(tuner, InstanceTuner):
         raise UserError(f"the adapter in {args.adapter} is {info['method']!r}, whose prompt does "
                         f"not depend on the input: diagnose a lopa or idpg adapter")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import train
-from common import UserError
 from adapters import save_adapter
+from common import UserError
 from lopa import LOPA, LOPAConfig
 from model import load_model
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import data
+from adapters import save_adapter
 from benchmarks import plot_results, results
 from common import UserError
 from exercises.mean_pool import MeanPoolLOPA, mean_hidden
@@ -23,7 +24,6 @@ from exercises.new_task import main as new_task_main
 from exercises.new_task import tsv_task
 from exercises.serve_two import main as serve_main
 from exercises.serve_two import serve
-from adapters import save_adapter
 from lopa import LOPA, METHODS, LOPAConfig, PromptConfig, PromptTuning, label_logits
 from model import load_model
 from tests.helpers import padded_batch as batch, tiny_lm as small

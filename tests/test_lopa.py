@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import UserError
 from adapters import load_adapter, mixed_batch_hidden, save_adapter
+from common import UserError
 from lopa import LOPA, LoRA, LoRAConfig, LOPAConfig, PromptConfig, PromptTuning, closed_form, label_logits
 from model import GPT, GPTConfig
 from tests.helpers import TINY, padded_batch as batch, tiny_lm as tiny

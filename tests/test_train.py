@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 import data
 import loading
 import train
-from common import UserError
 from adapters import load_adapter
+from common import UserError
 from lopa import closed_form
 from model import load_model
 
