@@ -23,26 +23,23 @@ from common import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")
-# Hugging Face dataset repo with GLUE as parquet, for the tasks not bundled here
-HUB_REPO = "nyu-mll/glue"
+HUB_REPO = "nyu-mll/glue"  # Hugging Face dataset repo with GLUE as parquet, for tasks not bundled
 
 
 @dataclass
 class Task:
-    name: str                     # GLUE task name, the key in TASKS
-    text_cols: tuple  # column(s) holding the input text(s), in template slot order {0}, {1}
-    label_col: str                # column holding the raw label (test files have none)
-    labels: tuple  # raw TSV label of each label id; parquet files store the id itself
-    label_words: list  # word the LM should say next for each label id: one token, leading space
-    template: str  # prompt with slots {0}, {1}; the label word is the token right after it
-    metric: str                   # GLUE's main metric: "acc", "f1" (positive class 1) or "mcc"
-    # split -> file: .tsv in the data dir (default <name>/<split>.tsv), or .parquet in HUB_REPO
-    files: dict = field(default_factory=dict)
-    columns: tuple = ()           # column names of train/dev files that have no header line (CoLA)
-    # the template's text around the slots (len(slots) + 1)
-    literals: list = field(init=False, repr=False)
-    # (text number, whether a space precedes it) per slot
-    slots: list = field(init=False, repr=False)
+    name: str              # GLUE task name, the key in TASKS
+    text_cols: tuple       # column(s) holding the input text(s), in template slot order {0}, {1}
+    label_col: str         # column holding the raw label (test files have none)
+    labels: tuple          # raw TSV label of each label id; parquet files store the id itself
+    label_words: list      # what the LM should say next for each label id: 1 token, leading space
+    template: str          # prompt with slots {0}, {1}; the label word is the token right after it
+    metric: str            # GLUE's main metric: "acc", "f1" (positive class 1) or "mcc"
+    files: dict = field(default_factory=dict)  # split -> .tsv in the data dir (default
+                                               # <name>/<split>.tsv) or .parquet in HUB_REPO
+    columns: tuple = ()    # column names of train/dev files that have no header line (CoLA)
+    literals: list = field(init=False, repr=False)  # the template's text around the slots
+    slots: list = field(init=False, repr=False)     # (text number, space before it?) per slot
 
     def __post_init__(self):
         if self.metric not in ("acc", "f1", "mcc"):
@@ -69,8 +66,7 @@ class Task:
 
 
 YES_NO = "\nQuestion: {}? Yes or No?\nAnswer:"
-# a file of the GLUE dataset on the hub
-hub = lambda task, split: f"{task}/{split}-00000-of-00001.parquet"
+hub = lambda task, split: f"{task}/{split}-00000-of-00001.parquet"  # a GLUE file on the hub
 TASKS = {t.name: t for t in [
     Task("sst2", ("sentence",), "label", ("0", "1"), [" negative", " positive"],
          "Review: {0}\nSentiment:", "acc"),
