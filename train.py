@@ -66,6 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     for flag, (f, users) in method_flags().items():  # default None: each config keeps its own
         p.add_argument(flag, type=f.type, default=None, dest="option_" + flag[2:].replace("-", "_"),
+                       metavar=f.name.upper(),
                        help=f"{f.metadata['help']} ({', '.join(users)}; default {f.default})")
     a = p.parse_args(argv)
     check_args(a)
