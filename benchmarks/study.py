@@ -159,7 +159,9 @@ def interval(p):
 
 
 def markdown(out):
-    lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}.", "",
+    zero_shot = out["rows"][0]["zero_shot"] if out["rows"] else float("nan")
+    lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}. "
+             f"Zero-shot (the template alone): {100 * zero_shot:.2f}.", "",
              "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) "
              "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed | trainable |",
              "|---|---|---|---|---|---|---|"]
