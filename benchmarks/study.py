@@ -163,7 +163,8 @@ def markdown(out):
     lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}. "
              f"Zero-shot (the template alone): {100 * zero_shot:.2f}.", "",
              "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) "
-             "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed | trainable |",
+             "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed "
+             "| trainable |",
              "|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         seeds = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
