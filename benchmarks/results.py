@@ -41,7 +41,9 @@ def run_train(out, flags, env=None):
     """`python train.py FLAGS --out OUT` in its own process, or the finished run's result.json when
     an earlier call ran the same command: an interrupted table resumes at the run it stopped in,
     and a run cut off midway (a killed session) continues from its last checkpoint."""
-    cmd = [sys.executable, "train.py", *flags, "--out", out, "--overwrite"]
+    shown = os.path.relpath(out, ROOT)  # recorded relative to the repository: no local path
+    cmd = [sys.executable, "train.py", *flags, "--out", out if shown.startswith("..") else shown,
+           "--overwrite"]
     done, started = os.path.join(out, "result.json"), os.path.join(out, "command.json")
     if os.path.exists(done):
         with open(done) as f:
