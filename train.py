@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=256,
                    help="longest input in tokens (sentences are cut, never the template)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
-    for flag, (f, users) in method_flags().items():  # default None: each config keeps its own
+    flags = method_flags()
+    for flag, (f, users) in flags.items():  # default None: each config keeps its own
         p.add_argument(flag, type=f.type, default=None, dest="option_" + flag[2:].replace("-", "_"),
                        metavar=f.name.upper(),
                        help=f"{f.metadata['help']} ({', '.join(users)}; default {f.default})")
@@ -72,7 +73,7 @@ def parse_args(argv=None):
     check_args(a)
     method = METHODS[a.method]
     given = {f.name: getattr(a, "option_" + flag[2:].replace("-", "_"))
-             for flag, (f, users) in method_flags().items() if a.method in users}
+             for flag, (f, users) in flags.items() if a.method in users}
     a.config = method.config(**{k: v for k, v in given.items() if v is not None})  # validates
     a.lr = a.lr or method.lr
     a.out = a.out or os.path.join("runs", f"{a.task}-{a.method}")

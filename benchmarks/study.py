@@ -93,10 +93,10 @@ def finished(args, arm, seed):
     return info if info["command"][1:-3] == flags(args, arm, seed) else None
 
 
-def diagnosis(args, arm, seed):
-    """diagnose.py's numbers for a finished LOPA or IDPG run, computed once and kept in its record
-    (None when the run's adapter is not on this machine and its record has none)."""
-    info, folder = finished(args, arm, seed), run_folder(args, arm, seed)
+def diagnosis(args, arm, seed, info):
+    """diagnose.py's numbers for a finished LOPA or IDPG run (info: its record), computed once and
+    kept in the record (None when its adapter is not on this machine and the record has none)."""
+    folder = run_folder(args, arm, seed)
     if "diagnose" not in info and os.path.exists(os.path.join(folder, "adapter.json")):
         path = os.path.join(folder, "diagnose.json")
         cmd = [sys.executable, "benchmarks/diagnose.py", "--adapter", folder, "--json", path]
@@ -118,9 +118,10 @@ def paired(a, b):
 
 
 def report(args, arms, seeds):
-    rows = {}
+    rows, machines = {}, set()
     for arm in arms:
         runs = {s: r for s in seeds if (r := finished(args, arm, s))}
+        machines |= {r.get("hardware", "unrecorded") for r in runs.values()}
         if not runs:
             continue
         scores = {s: r["metrics"]["dev"]["metric"] for s, r in runs.items()}
@@ -130,7 +131,7 @@ def report(args, arms, seeds):
                "trainable": next(iter(runs.values()))["trainable"],
                "zero_shot": next(iter(runs.values()))["metrics"]["zero_shot"]["metric"]}
         if ARMS[arm][0][1] in ("lopa", "idpg"):
-            row["diagnose"] = {s: d for s in runs if (d := diagnosis(args, arm, s))}
+            row["diagnose"] = {s: d for s, r in runs.items() if (d := diagnosis(args, arm, s, r))}
         rows[arm] = row
     for row in rows.values():
         for ref in ("prompt", "lopa"):
@@ -139,10 +140,8 @@ def report(args, arms, seeds):
                 row[f"minus_{ref}"] = paired([row["scores"][s] for s in common],
                                              [rows[ref]["scores"][s] for s in common])
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs"
-    machines = sorted({r.get("hardware", "unrecorded") for a in arms for s in seeds
-                       if (r := finished(args, a, s))})
     out = {"task": args.task, "model": args.model, "budget": budget,
-           "hardware": " / ".join(machines),
+           "hardware": " / ".join(sorted(machines)),
            "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
            "rows": list(rows.values())}
     atomic_write(os.path.join(HERE, "study.json"),
