@@ -7,11 +7,11 @@
 An arm is one train.py configuration (ARMS), fixed before any run: nothing is chosen here. Each run
 is `python train.py ...` in its own process, so its number is exactly what that command gives. A
 finished run leaves a record in benchmarks/study/ (committed), so the study continues across
-sessions; a run cut off midway continues from its checkpoint. Runs go seed by seed, in ARMS' order,
-so the first finished runs already pair up. For LOPA and IDPG runs the report also runs
-benchmarks/diagnose.py (is the instance part used?) while the adapter is on this machine. The report
-gives each arm's mean ± std over seeds and its paired difference to prompt tuning and to LOPA over
-the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json and study.md.
+sessions; a run cut off midway continues from its checkpoint. Runs go seed by seed, in --arms' order,
+so the first finished runs already pair up. Each LOPA and IDPG run is then diagnosed
+(benchmarks/diagnose.py: is the instance part used?) while its adapter is on this machine. The
+report gives each arm's mean ± std over seeds and its paired difference to prompt tuning and to
+LOPA over the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json and study.md.
 """
 import argparse
 import json
@@ -69,6 +69,12 @@ def train_and_record(args, arm, seed, env):
     info = run_train(run_folder(args, arm, seed), flags(args, arm, seed), env)
     info.update(hardware=hardware(), threads=env["OMP_NUM_THREADS"])
     write_record(args, arm, seed, info)
+    if has_encoder(arm):  # diagnose now, while the adapter is surely on this machine
+        diagnosis(args, arm, seed, info)
+
+
+def has_encoder(arm):
+    return ARMS[arm][0][1] in ("lopa", "idpg")
 
 
 def write_record(args, arm, seed, info):
@@ -130,7 +136,7 @@ def report(args, arms, seeds):
                "std": statistics.stdev(scores.values()) if len(scores) > 1 else 0.0,
                "trainable": next(iter(runs.values()))["trainable"],
                "zero_shot": next(iter(runs.values()))["metrics"]["zero_shot"]["metric"]}
-        if ARMS[arm][0][1] in ("lopa", "idpg"):
+        if has_encoder(arm):
             row["diagnose"] = {s: d for s, r in runs.items() if (d := diagnosis(args, arm, s, r))}
         rows[arm] = row
     for row in rows.values():
