@@ -7,7 +7,7 @@
 An arm is one train.py configuration (ARMS), fixed before any run: nothing is chosen here. Each run
 is `python train.py ...` in its own process, so its number is exactly what that command gives. A
 finished run leaves a record in benchmarks/study/ (committed), so the study continues across
-sessions; a run cut off midway continues from its checkpoint. Runs go seed by seed, in --arms' order,
+sessions; a run cut off midway continues from its checkpoint. Runs go seed by seed, in --arms order,
 so the first finished runs already pair up. Each LOPA and IDPG run is then diagnosed
 (benchmarks/diagnose.py: is the instance part used?) while its adapter is on this machine. The
 report gives each arm's mean ± std over seeds and its paired difference to prompt tuning and to
