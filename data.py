@@ -1,5 +1,5 @@
-"""GLUE tasks as label-word classification for a frozen causal LM: templates, loading, batching,
-metrics.
+"""GLUE tasks as label-word classification for a frozen causal LM: templates, loading (the files
+themselves are read by glue_files.py), batching, metrics.
 
 Follows the verbaliser framing of LOPA's GLUE experiments (Jain et al., NeurIPS 2024), adapted
 to a causal LM: the filled template ends where the label word would come, and the LM's next-token
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from common import UserError
+from glue_files import read_parquet, read_tsv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")
-HUB_REPO = "nyu-mll/glue"  # Hugging Face dataset repo with GLUE as parquet, for tasks not bundled
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Task:
     template: str          # prompt with slots {0}, {1}; the label word is the token right after it
     metric: str            # GLUE's main metric: "acc", "f1" (positive class 1) or "mcc"
     files: dict = field(default_factory=dict)  # split -> .tsv in the data dir (default
-                                               # <name>/<split>.tsv) or .parquet in HUB_REPO
+                                               # <name>/<split>.tsv) or .parquet on the hub
     columns: tuple = ()    # column names of train/dev files that have no header line (CoLA)
     literals: list = field(init=False, repr=False)  # the template's text around the slots
     slots: list = field(init=False, repr=False)     # (text number, space before it?) per slot
@@ -53,8 +53,7 @@ class Task:
             raise UserError(f"task {self.name}: template needs slots "
                             f"{{0}}..{{{len(self.text_cols) - 1}}} once each")
         # BPE tokenizers attach a space to the word after it ("Ġgreat"), so the space before a slot
-        # travels with the text: each piece then tokenizes exactly as it does inside the whole
-        # prompt.
+        # travels with the text: each piece then tokenizes exactly as inside the whole prompt.
         lits = parts[0::2]
         self.slots = [(s, lit.endswith(" ")) for s, lit in zip(slots, lits)]
         self.literals = [lit.removesuffix(" ") for lit in lits[:-1]] + lits[-1:]
@@ -80,8 +79,7 @@ TASKS = {t.name: t for t in [
          [" Yes", " No"],
          "Sentence 1: {0}\nSentence 2: {1}" + YES_NO.format("Does sentence 1 imply sentence 2"),
          "acc"),
-    # Hub tasks: label ids follow the hub's ClassLabel order, which the bundled QNLI dev.tsv
-    # maps onto.
+    # Hub tasks: label ids follow the hub's ClassLabel order, which bundled QNLI dev.tsv maps onto.
     Task("qnli", ("question", "sentence"), "label", ("entailment", "not_entailment"),
          [" Yes", " No"],
          "Question: {0}\nSentence: {1}" + YES_NO.format("Does the sentence answer the question"),
@@ -97,7 +95,6 @@ TASKS = {t.name: t for t in [
          "f1", {"train": hub("qqp", "train"), "dev": hub("qqp", "validation"),
                 "test": hub("qqp", "test")}),
 ]}
-BUNDLED = "sst2, mrpc, rte, cola (and qnli dev/test)"
 
 
 def get_task(name):
@@ -120,78 +117,8 @@ def load_split(task_name, split, data_dir=DATA_DIR):
     return read_tsv(task, os.path.join(data_dir, name), labelled=split != "test")
 
 
-def read_tsv(task, path, labelled):
-    # Split on tabs ourselves: GLUE's fields hold bare `"`, which CSV quoting would swallow across
-    # lines.
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); bundled tasks: {BUNDLED}") from None
-    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # MRPC's header starts with a UTF-8 BOM
-    if lines[-1] == b"":
-        lines.pop()  # the final newline (CoLA's dev.tsv has none)
-    header = list(task.columns) if labelled and task.columns else None
-    want = list(task.text_cols) + ([task.label_col] if labelled else [])
-    rows = []
-    for n, raw in enumerate(lines, 1):
-        try:
-            fields = raw.decode("utf-8").removesuffix("\r").split("\t")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid UTF-8 (byte {e.start} of the line); "
-                            f"save the file as UTF-8") from None
-        if header is None:
-            header = fields
-            if missing := [c for c in want if c not in header]:
-                raise UserError(f"{path}:{n}: header lacks column(s) {missing}; "
-                                f"it has {header[:8]}")
-            continue
-        if len(fields) != len(header):
-            raise UserError(f"{path}:{n}: {len(fields)} tab-separated fields, "
-                            f"expected {len(header)} ({', '.join(header)})")
-        row = dict(zip(header, fields))
-        label = -1
-        if labelled:
-            if (raw_label := row[task.label_col]) not in task.labels:
-                raise UserError(f"{path}:{n}: unknown label {raw_label[:40]!r}, "
-                                f"expected one of {list(task.labels)}")
-            label = task.labels.index(raw_label)
-        rows.append((tuple(row[c] for c in task.text_cols), label))
-    if not rows:
-        raise UserError(f"{path}:{max(len(lines), 1)}: no data rows")
-    return rows
-
-
-def read_parquet(task, split, name):
-    try:
-        from huggingface_hub import hf_hub_download
-        # cached: later calls work offline
-        path = hf_hub_download(HUB_REPO, name, repo_type="dataset")
-    except Exception as e:
-        raise UserError(f"cannot get {task.name} {split} ({name}) from the hub dataset {HUB_REPO}, "
-                        f"and it is not in the cache ({type(e).__name__}); "
-                        f"offline, use a bundled task: {BUNDLED}") from None
-    try:
-        import pyarrow.parquet as pq  # optional: only the hub tasks need it
-    except ImportError:
-        raise UserError(f"reading {task.name} {split} needs pyarrow: pip install pyarrow") from None
-    try:
-        table = pq.read_table(path, columns=[*task.text_cols, "label"]).to_pydict()
-    except Exception as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); "
-                        f"delete it to download again") from None
-    lowest = -1 if split == "test" else 0
-    for i, y in enumerate(table["label"]):
-        if y is None or not lowest <= y < len(task.labels):
-            raise UserError(f"{path}: row {i}: label {y} is not in "
-                            f"{lowest}..{len(task.labels) - 1}")
-    return [(tuple(table[c][i] or "" for c in task.text_cols), int(y))
-            for i, y in enumerate(table["label"])]
-
-
 def check_sha256(data_dir=DATA_DIR):
-    """Check every bundled file against the sha256 in its task's SOURCE.md table; return the files
-    checked."""
+    """Check every bundled file against the sha256 in its SOURCE.md table; return those checked."""
     checked = []
     for source in sorted(Path(data_dir).glob("*/SOURCE.md")):
         for name, want in re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$",
