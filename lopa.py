@@ -17,17 +17,18 @@ serve every user's task; LoRA instead changes the server's weights.
 
 Every tuner here has the same small interface: `prompt(ids, lengths, e=None)` returns the
 (B, m, d) soft prompt (None for LoRA) and `trainable_parameters()` what AdamW trains; `register`
-makes a tuner class a method of train.py. adapters.py saves and loads them.
+makes a tuner class a method of train.py (methods.py). adapters.py saves and loads them.
 """
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from common import UserError
+from methods import METHODS, check_choice, option, register
 
 
 def last_hidden(model, ids, lengths, prompt=None):
@@ -58,16 +59,6 @@ def init_prompt(model, m, init):
     if init == "random":
         return torch.randn(m, model.config.n_embd, device=model.lm_head.weight.device)  # (m, d)
     return vocab_init(model, m)
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def option(default, help, flag=""):
-    """A config field that train.py offers as the flag --NAME (or `flag`; None: no flag)."""
-    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 class Tuner(nn.Module):
@@ -305,21 +296,6 @@ class LoRA(Tuner):
 
 
 # ----------------------------------------------------------------------------- the methods
-
-@dataclass(frozen=True)
-class Method:
-    tuner: type    # a Tuner subclass, built as tuner(model, config)
-    config: type   # its settings: a dataclass whose option() fields become train.py flags
-    lr: float      # the default learning rate
-
-
-METHODS = {}  # --method name -> Method; train.py, load_adapter and predict.py all read it
-
-
-def register(tuner, config, lr):
-    """Make a tuner class a method: `train.py --method NAME` then trains it (NAME: tuner.method)."""
-    METHODS[tuner.method] = Method(tuner, config, lr)
-
 
 register(PromptTuning, PromptConfig, lr=1e-2)
 register(LOPA, LOPAConfig, lr=1e-3)

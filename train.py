@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,22 +26,12 @@ from checkpoints import check_out_folder, save_checkpoint, start_or_resume
 from common import UserError, atomic_write, cli, pick_device, write_text
 from loading import choose_model, load_model
 from lopa import METHODS, InstanceTuner, label_logits, last_hidden
+from methods import add_method_flags, method_config, method_flags
 
 CPU_TRAIN_EXAMPLES = 2000   # the default subset on a CPU: see README, "Choosing the CPU budget"
 
 
 # ----------------------------------------------------------------------------- the command line
-
-def method_flags():
-    """{flag: (config field, the methods that have it)}: every method's option() fields as flags."""
-    flags = {}
-    for name, method in METHODS.items():
-        for f in fields(method.config):
-            flag = f.metadata.get("flag", "")
-            if flag is not None:
-                flags.setdefault(flag or "--" + f.name.replace("_", "-"), (f, []))[1].append(name)
-    return flags
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -64,18 +54,12 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=256,
                    help="longest input in tokens (sentences are cut, never the template)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
-    flags = method_flags()
-    for flag, (f, users) in flags.items():  # default None: each config keeps its own
-        p.add_argument(flag, type=f.type, default=None, dest="option_" + flag[2:].replace("-", "_"),
-                       metavar=f.name.upper(),
-                       help=f"{f.metadata['help']} ({', '.join(users)}; default {f.default})")
+    flags = method_flags()  # one flag for each option() field of every method's config
+    add_method_flags(p, flags)
     a = p.parse_args(argv)
     check_args(a)
-    method = METHODS[a.method]
-    given = {f.name: getattr(a, "option_" + flag[2:].replace("-", "_"))
-             for flag, (f, users) in flags.items() if a.method in users}
-    a.config = method.config(**{k: v for k, v in given.items() if v is not None})  # validates
-    a.lr = a.lr or method.lr
+    a.config = method_config(a, flags)  # validates
+    a.lr = a.lr or METHODS[a.method].lr
     a.out = a.out or os.path.join("runs", f"{a.task}-{a.method}")
     return a
 
