@@ -15,9 +15,8 @@ with MLP = Dropout -> Linear(h_enc, H) -> tanh -> Linear(H, out). Trainable: Z_S
 Prompt tuning is Z = Z_S alone. Both only change the input, so one frozen model on a server can
 serve every user's task; LoRA instead changes the server's weights.
 
-Every tuner here has the same small interface: `prompt(ids, lengths, e=None)` returns the
-(B, m, d) soft prompt (None for LoRA) and `trainable_parameters()` what AdamW trains; `register`
-makes a tuner class a method of train.py (methods.py). adapters.py saves and loads them.
+Every tuner has the same small interface: `prompt(ids, lengths, e=None)` returns the (B, m, d)
+soft prompt (None for LoRA), `trainable_parameters()` what AdamW trains. adapters.py saves them.
 """
 import copy
 import math
@@ -128,9 +127,8 @@ class InstanceTuner(Tuner):
             self.__dict__["encoder"] = (encoder or model).requires_grad_(False)
 
     def encode(self, ids, lengths):
-        # A frozen encoder's e depends on the input alone, never on trainable parameters: the same
-        # example always gives the same e, so train.py computes it once per example and reuses it
-        # every epoch, and no graph (nor gradient) reaches the encoder. A trained one needs both.
+        # A frozen encoder's e depends on the input alone: train.py computes it once per example for
+        # all epochs, and no graph reaches the encoder. A trained one needs e anew, with a graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.caches_encoder):
             return last_hidden(self.encoder, ids, lengths)            # (B, h_enc)
 
@@ -256,29 +254,26 @@ class LoRAConfig:
 
 class LoRA(Tuner):
     """h = W x + (alpha / r) B A x on each target layer. B = 0 at init, so step 0 is the base model.
-    This is the server-side adapter LOPA argues against: it lives inside the model's computation
-    (through forward hooks here), so a server must keep every task's A and B and route each row of
-    a batch through its own; a prompt tuner's server keeps no per-task weights and runs one
-    identical computation for every row. merge() bakes the update into the weights for good."""
+    The server-side adapter LOPA argues against: it lives inside the model (forward hooks here), so
+    a server keeps every task's A and B and routes each row through its own. merge() bakes it in."""
     method = "lora"
 
     def __init__(self, model, config=LoRAConfig()):
         super().__init__(model, config)
         targets = config.targets or model.lora_targets
-        self.layers = {n: mod for n, mod in model.named_modules()
-                       if n.rsplit(".", 1)[-1] in targets}
+        self.layers = {n.replace(".", "_"): mod  # "." cannot be in a ParameterDict's key
+                       for n, mod in model.named_modules() if n.rsplit(".", 1)[-1] in targets}
         if not self.layers:
             raise UserError(f"LoRA found no layer named {targets} in the model")
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
-        for n, lin in self.layers.items():
-            key = n.replace(".", "_")
+        for key, lin in self.layers.items():
             self.A[key] = nn.Parameter(torch.empty(config.r, lin.in_features))      # (r, in)
             nn.init.kaiming_uniform_(self.A[key], a=math.sqrt(5))               # as nn.Linear, PEFT
             self.B[key] = nn.Parameter(torch.zeros(lin.out_features, config.r))     # (out, r)
         self.drop = nn.Dropout(config.dropout)
         self.scale = config.alpha / config.r
-        self.hooks = [lin.register_forward_hook(self._hook(n.replace(".", "_")))
-                      for n, lin in self.layers.items()]
+        self.hooks = [lin.register_forward_hook(self._hook(key))
+                      for key, lin in self.layers.items()]
 
     def _hook(self, key):
         def add_update(lin, inputs, out):                             # (.., in) -> (.., out)
@@ -288,8 +283,7 @@ class LoRA(Tuner):
     @torch.no_grad()
     def merge(self):
         """W <- W + (alpha / r) B A in place; the hooks go: inference costs the base model's."""
-        for (n, lin), h in zip(self.layers.items(), self.hooks):
-            key = n.replace(".", "_")
+        for (key, lin), h in zip(self.layers.items(), self.hooks):
             lin.weight += self.scale * self.B[key] @ self.A[key]      # (out, r) @ (r, in)
             h.remove()
         self.hooks = []
@@ -319,16 +313,14 @@ def closed_form(method, d, h_enc, m=10, r=4, H=256, lora_r=16, lora_shapes=()):
 if __name__ == "__main__":
     from llama import Llama, LlamaConfig
     from model import GPT, GPTConfig
-    shapes = {  # built on the meta device: shapes without memory
-        "GPT-2 small (d = 768)": lambda: GPT(GPTConfig()),
-        "RoBERTa-large shape (d = 1024)": lambda: Llama(LlamaConfig(
-            n_embd=1024, n_layer=24, n_head=16, n_kv_head=16, n_inner=4096, vocab_size=50265)),
-    }
+    with torch.device("meta"):  # shapes without memory
+        models = {"GPT-2 small (d = 768)": GPT(GPTConfig()),
+                  "RoBERTa-large shape (d = 1024)": Llama(LlamaConfig(
+                      n_embd=1024, n_layer=24, n_head=16, n_kv_head=16, n_inner=4096,
+                      vocab_size=50265))}
     print(f"{'model':32s} {'method':8s} {'counted':>11s} {'formula':>11s}   "
           f"(m = 10, r = 4, H = 256; LoRA r = 16)")
-    for label, build in shapes.items():
-        with torch.device("meta"):
-            model = build()
+    for label, model in models.items():
         d = model.config.n_embd
         for name, method in METHODS.items():
             tuner = method.tuner(model)
