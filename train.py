@@ -269,9 +269,10 @@ def build_tuner(run, model):
     run.params = run.tuner.trainable_parameters()
     run.n_params = sum(p.numel() for p in run.params)
     n_model = sum(p.numel() for p in model.parameters())
-    run.share = f"{100 * run.n_params / n_model:.2g}%"
-    print(f"method: {a.method}; trainable parameters: {run.n_params:,} ({run.share} of "
-          f"{n_model:,})")
+    share = 100 * run.n_params / n_model  # over 100 with a trained encoder: a whole model more
+    run.share = f"{share:.2g}%" if share < 10 else f"{share:.2f}%"  # 0.67%, 100.67% (not 1e+02%)
+    print(f"method: {a.method}; trainable parameters: {run.n_params:,} "
+          f"({run.share} of {n_model:,})")
     if trains_encoder(run.tuner):
         n = sum(p.numel() for p in run.tuner.encoder.parameters())
         print(f"of which {n:,} are the trained encoder's: a client keeps that whole model to make "

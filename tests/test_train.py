@@ -1,6 +1,7 @@
 """train.py and predict.py end to end on a tiny random GPT-2 that the tests save in Hugging Face layout."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,7 +163,9 @@ def test_a_trained_encoder_is_counted_saved_beside_the_adapter_and_reloads(tiny_
                                                                           capsys):
     out = tmp_path / "enc"
     assert train.main(["--task", "sst2", *quick(tiny_gpt2, out), "--encoder-lr", "1e-3"]) == 0
-    assert "are the trained encoder's: a client keeps that whole model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "are the trained encoder's: a client keeps that whole model" in printed
+    assert re.search(r"trainable parameters: [\d,]+ \(10\d\.\d\d% of ", printed)  # not 1e+02%
     info = json.loads((out / "adapter.json").read_text())
     model, tokenizer = load_model(tiny_gpt2)
     n_model = sum(p.numel() for p in model.parameters())
