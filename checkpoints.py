@@ -1,9 +1,11 @@
 """Resumable runs: a checkpoint holds everything train.py needs to continue exactly where it stopped
-(the tuner, AdamW's moments, the RNG, the position, the history), as safetensors + JSON; and the
-rules that keep two different runs out of one folder.
+(the tuner, AdamW's moments, the RNG, the position, the history), as safetensors + JSON; Ctrl-C
+saves one; and the rules that keep two different runs out of one folder.
 """
 import json
 import os
+import signal
+from dataclasses import asdict
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,6 +39,26 @@ def load_checkpoint(out, tuner, opt):
     opt.load_state_dict(sd)
     torch.set_rng_state(tensors["rng"])
     return state
+
+
+def stop_on_ctrl_c():
+    """A list that Ctrl-C appends to: train.py then saves a checkpoint and stops after the current
+    step. A second Ctrl-C kills at once."""
+    stop = []
+
+    def on_sigint(signum, frame):
+        stop.append(True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, on_sigint)
+    return stop
+
+
+def identify_run(args, model_name, n_train):
+    """The run key: what makes two runs the same run, as JSON stores it (tuples become lists)."""
+    return json.loads(json.dumps({"task": args.task, "model": model_name, "method": args.method,
+                                  "seed": args.seed, "lr": args.lr, "epochs": args.epochs,
+                                  "batch_size": args.batch_size, "n_train": n_train,
+                                  "holdout": args.holdout, **asdict(args.config)}))
 
 
 def check_out_folder(args, run_key):

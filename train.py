@@ -11,10 +11,9 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,8 @@ from tqdm import tqdm
 
 import data
 from adapters import save_adapter, trains_encoder
-from checkpoints import check_out_folder, save_checkpoint, start_or_resume
+from checkpoints import (check_out_folder, identify_run, save_checkpoint, start_or_resume,
+                         stop_on_ctrl_c)
 from common import UserError, atomic_write, cli, pick_device, write_text
 from loading import choose_model, load_model
 from lopa import METHODS, InstanceTuner, label_logits, last_hidden
@@ -303,18 +303,10 @@ def main(argv=None):
     run.model_name, why = choose_model(a.model)
     print(f"model: {run.model_name} ({why}); device: {run.device}")
     train_rows, dev_rows, split = choose_rows(a, run.device)
-    run_key = json.loads(json.dumps({"task": a.task, "model": run.model_name, "method": a.method,
-                                     "seed": a.seed, "lr": a.lr, "epochs": a.epochs,
-                                     "batch_size": a.batch_size, "n_train": len(train_rows),
-                                     "holdout": a.holdout, **asdict(a.config)}))
+    run_key = identify_run(a, run.model_name, len(train_rows))
     check_out_folder(a, run_key)
     model = load_data(run, train_rows, dev_rows, split)
-    stop = []  # Ctrl-C asks to stop after the current step; a second Ctrl-C kills at once
-
-    def on_sigint(signum, frame):
-        stop.append(True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGINT, on_sigint)
+    stop = stop_on_ctrl_c()
     build_tuner(run, model)
     run.state = start_or_resume(a, run.tuner, run.opt, run_key, a.epochs * run.steps_per_epoch)
     bs = 2 * a.batch_size  # no gradients to keep: evaluation fits twice the batch
