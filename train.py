@@ -24,6 +24,7 @@ from adapters import save_adapter, trains_encoder
 from checkpoints import (check_out_folder, identify_run, save_checkpoint, start_or_resume,
                          stop_on_ctrl_c)
 from common import UserError, atomic_write, cli, pick_device, write_text
+from data import holdout_rows
 from loading import choose_model, load_model
 from lopa import METHODS, InstanceTuner, label_logits, last_hidden
 from methods import add_method_flags, method_config, method_flags
@@ -114,24 +115,6 @@ def choose_rows(args, device):
     print(f"task: {args.task}; training on {n_train:,} of {len(order):,} examples{hint}; "
           f"{split}: {len(dev_rows):,}")
     return [train_rows[i] for i in order[:n_train].tolist()], dev_rows, split
-
-
-def holdout_rows(train_rows, dev_rows, n):
-    """Indices of n training rows whose lengths follow dev's, the same for every seed: one per dev
-    row (in a fixed random order) from the training rows of its length bin, 4 words wide. A uniform
-    slice would be easier than dev where train is shorter: 42.5% of SST-2's training rows are
-    phrases of at most 5 words, against 2.8% of its dev sentences."""
-    def length_bin(texts):
-        return min(len(" ".join(texts).split()) // 4, 12)
-    g, pools = torch.Generator().manual_seed(12345), {}
-    for i in torch.randperm(len(train_rows), generator=g).tolist():
-        pools.setdefault(length_bin(train_rows[i][0]), []).append(i)
-    dev_order, held = torch.randperm(len(dev_rows), generator=g).tolist(), []
-    for k in range(n):
-        want = length_bin(dev_rows[dev_order[k % len(dev_rows)]][0])
-        nearest = min((b for b in pools if pools[b]), key=lambda b: abs(b - want))
-        held.append(pools[nearest].pop())
-    return held
 
 
 def tokenize_split(name, task, rows, tokenizer, max_len):
