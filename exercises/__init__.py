@@ -1,5 +1,9 @@
-"""Solutions to the exercises at the end of tutorial.md, one small file each.
+"""The code exercises of tutorial.md (section 8): each file here is a stub for you to fill in. The
+functions marked "Exercise N" raise NotImplementedError until you write them; the rest of the file
+(its command line, its registration as a method) already works and calls them.
 
-Each file runs from the repository root, e.g. `python exercises/mean_pool.py --task sst2`, and is
-imported by tests/test_exercises.py, which checks it on tiny random models.
+    python -m pytest tests/test_exercises.py --student -k mean_pool     # checks your mean_pool.py
+
+The reference solutions are in exercises/solutions/, with the same names; solutions/README.md
+answers every exercise. Plain `python -m pytest` checks those, and that these stubs are still stubs.
 """

@@ -1,16 +1,15 @@
-"""LOPA with another encoder pooling: e = the mean of the frozen model's final hidden states over
-the real tokens of x, instead of the hidden state at the last real token (InstanceTuner.encode).
+"""Exercise 8: LOPA with another encoder pooling. e = the mean of the frozen model's final hidden
+states over the real tokens of x, instead of the hidden state at the last real token
+(InstanceTuner.encode).
 
     e = (1 / n) Σ_{t < n} h_t      n = lengths: the right padding after position n - 1 never counts
 
-A causal model's last real token has already read the whole input, while early positions have read
-only a prefix; whether averaging them helps the prompt generator is the exercise's question.
+    python exercises/mean_pool.py --task sst2 --model smollm2 --out runs/ex8-mean   # train.py flags
+    python -m pytest tests/test_exercises.py --student -k mean_pool                 # checks it
 
-    python exercises/mean_pool.py --task sst2     # = train.py --method lopa_mean, with its flags
-
-Registering the class makes it a method of train.py: its flags, its own learning rate, and the cache
-of e, which train.py fills by calling this class's encode once per example. The adapter is saved as
-method "lopa_mean"; predict.py, which does not import this file, refuses it rather than misread it.
+Write mean_hidden() and MeanPoolLOPA.encode() below. The register() line makes the class a method
+of train.py, `--method lopa_mean`, with LOPA's flags; train.py then fills its cache of e by calling
+this class's encode once per example.
 """
 import os
 import sys
@@ -24,11 +23,9 @@ from lopa import LOPA, LOPAConfig, register  # noqa: E402
 
 @torch.no_grad()
 def mean_hidden(model, ids, lengths):
-    """(B, d): each row's final hidden states averaged over its first lengths[i] positions."""
-    h = model(ids, return_hidden=True)                                          # (B, T, d)
-    # (B, T), False on the pads
-    real = torch.arange(ids.size(1), device=ids.device) < lengths[:, None]
-    return (h * real[..., None].to(h.dtype)).sum(1) / lengths[:, None]  # (B, T, d) -> (B, d)
+    """Exercise 8. (B, d): row i's final hidden states, model(ids, return_hidden=True) of shape
+    (B, T, d), averaged over its first lengths[i] positions only. ids (B, T) is right-padded."""
+    raise NotImplementedError("exercise 8: mean_hidden() is yours to write")
 
 
 class MeanPoolLOPA(LOPA):
@@ -36,7 +33,9 @@ class MeanPoolLOPA(LOPA):
 
     @torch.no_grad()
     def encode(self, ids, lengths):
-        return mean_hidden(self.encoder, ids, lengths)                          # (B, h_enc)
+        """Exercise 8. (B, h_enc): e for each input, pooled by mean_hidden over self.encoder, the
+        frozen model that reads the input without a prompt."""
+        raise NotImplementedError("exercise 8: MeanPoolLOPA.encode() is yours to write")
 
 
 register(MeanPoolLOPA, LOPAConfig, lr=1e-3)

@@ -1,12 +1,14 @@
-"""Read a soft prompt as words: for each row of Z, the vocabulary tokens whose input embeddings
-point the same way (cosine similarity), the probe Lester et al. (2021) used on learned prompts.
+"""Exercise 6: read a soft prompt as words. For each row of Z, the vocabulary tokens whose input
+embeddings point the same way (cosine similarity), the probe Lester et al. (2021) used on learned
+prompts.
 
-    python exercises/nearest_tokens.py runs/sst2-lopa                      # the rows of Z_S
-    # LOPA: the rows of Z for this input
-    python exercises/nearest_tokens.py runs/sst2-lopa "a gripping film"
+    python exercises/nearest_tokens.py runs/ex3-sigmoid                       # the rows of Z_S
+    python exercises/nearest_tokens.py runs/ex3-sigmoid "a gripping film"     # LOPA: Z for it
+    python -m pytest tests/test_exercises.py --student -k nearest_tokens      # checks your code
 
 Prompts start as copies of random vocabulary rows (lopa.vocab_init), so before training every row's
-nearest token is the one it was copied from, at similarity 1.
+nearest token is the one it was copied from, at similarity 1. Write nearest_tokens() below; show()
+and main() print its answer.
 """
 import argparse
 import json
@@ -14,7 +16,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
@@ -25,11 +26,10 @@ from loading import load_model  # noqa: E402
 
 @torch.no_grad()
 def nearest_tokens(model, prompt, k=3):
-    """(values, indices), both (m, k): the cosine similarities and ids of the k closest vocabulary
-    rows."""
-    vocab = model.embed(torch.arange(model.config.vocab_size, device=prompt.device))  # (V, d)
-    sims = F.normalize(prompt, dim=-1) @ F.normalize(vocab, dim=-1).T  # (m, d) @ (d, V) -> (m, V)
-    return sims.topk(k, dim=-1)
+    """Exercise 6. (values, indices), both (m, k): for each row of prompt (m, d), the cosine
+    similarities to the k closest rows of the model's input embedding matrix, model.embed(ids) for
+    every id below model.config.vocab_size, and those rows' token ids, closest first."""
+    raise NotImplementedError("exercise 6: nearest_tokens() is yours to write")
 
 
 def show(title, prompt, model, tokenizer, k):

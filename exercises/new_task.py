@@ -1,11 +1,11 @@
-"""A new classification task from your own TSV files, trained by train.py unchanged.
+"""Exercise 7: a new classification task from your own TSV files, trained by train.py unchanged.
 
 FOLDER holds train.tsv and dev.tsv: UTF-8, tab-separated, a header line naming the columns `text`
-and `label`, each label `neg` or `pos`. For other data, change tsv_task below: the columns, the raw
-labels, one label word per label (each a single token with its leading space), and a template whose
-last token is where the model should say the label word.
+and `label`, each label `neg` or `pos`. Write tsv_task() below; main() registers the task it
+returns in data.TASKS for the length of one train.py run.
 
-    python exercises/new_task.py FOLDER --epochs 2  # then any train.py flag; the run is named "tsv"
+    python exercises/new_task.py FOLDER --model smollm2 --out runs/ex7-tsv   # any train.py flag
+    python -m pytest tests/test_exercises.py --student -k new_task           # checks tsv_task
 """
 import os
 import sys
@@ -18,12 +18,14 @@ from common import UserError  # noqa: E402
 
 
 def tsv_task(folder, name="tsv"):
-    # load_split joins the data folder with this, and an absolute path wins
-    folder = os.path.abspath(folder)
-    return data.Task(name, text_cols=("text",), label_col="label", labels=("neg", "pos"),
-                     label_words=[" bad", " good"], template="Text: {0}\nOverall, it was",
-                     metric="acc", files={"train": os.path.join(folder, "train.tsv"),
-                                          "dev": os.path.join(folder, "dev.tsv")})
+    """Exercise 7. A data.Task named `name` for FOLDER's train.tsv and dev.tsv: read data.Task's
+    fields in data.py and the entries of data.TASKS. The text column, the label column, the raw
+    labels ("neg", "pos": label ids 0 and 1), one label word per label (each must be one token with
+    its leading space, for the model's tokenizer), a template with the slot {0} after which the
+    model should say the label word, the metric "acc", and `files`, a dict from split to path. A
+    relative path there is read inside the bundled data folder (assets/glue/); an absolute one as
+    it is."""
+    raise NotImplementedError("exercise 7: tsv_task() is yours to write")
 
 
 def main(argv=None):

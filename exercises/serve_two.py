@@ -1,54 +1,35 @@
-"""One frozen model answering requests for two (or more) tasks in one batch, each row with its own
-adapter: what adapters.mixed_batch_hidden makes possible, and what a server would do with LOPA or
-prompt-tuning clients.
+"""Exercise 10: one frozen model answering requests for two (or more) tasks in one batch, each row
+with its own adapter: what adapters.mixed_batch_hidden makes possible, and what a server would do
+with LOPA or prompt-tuning clients.
 
-    python exercises/serve_two.py runs/sst2-lopa runs/cola-prompt \
+    python exercises/serve_two.py runs/ex3-sigmoid runs/ex10-cola-prompt \
         --ask 0 "a gripping, funny film" --ask 1 "The cat sat on mat the."
+    python -m pytest tests/test_exercises.py --student -k serve_two      # checks your serve()
 
 Every adapter must come from the same base model and use the same prompt length m. Pair tasks take
-their two texts separated by a tab.
+their two texts separated by a tab. Write serve() below; main() loads the adapters and prints its
+answers.
 """
 import argparse
 import json
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from adapters import load_adapter, mixed_batch_hidden  # noqa: E402
+from adapters import load_adapter  # noqa: E402
 from common import UserError  # noqa: E402
 from loading import load_model  # noqa: E402
-from lopa import label_logits  # noqa: E402
 
 
 def serve(model, tokenizer, adapters, requests, max_len=256):
-    """adapters: [(tuner, task)]; requests: [(k, text)] for adapters[k]. Returns [(label word,
-    probability)] in request order, from one forward pass of the frozen model over all requests with
-    their prompts (LOPA's encoder reads its own rows first)."""
-    # room for the prompt
-    max_len = min(max_len, model.config.n_positions - adapters[0][0].config.m)
-    ids = []
-    for k, text in requests:
-        task = adapters[k][1]
-        parts = tuple(text.split("\t", len(task.text_cols) - 1))
-        parts += ("",) * (len(task.text_cols) - len(parts))
-        ids.append(data.tokenize(task, parts, tokenizer, max_len))
-    lengths = torch.tensor([len(x) for x in ids])                            # (B,)
-    batch = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)      # (B, T), right-padded
-    for i, x in enumerate(ids):
-        batch[i, :len(x)] = torch.tensor(x)
-    which = torch.tensor([k for k, _ in requests])                           # (B,)
-    hidden = mixed_batch_hidden(model, [t for t, _ in adapters], batch, lengths, which)  # (B, d)
-    answers = []
-    for i, (k, _) in enumerate(requests):  # each row is scored with its own task's label words
-        task = adapters[k][1]
-        probs = label_logits(model, hidden[i],
-                             torch.tensor(data.label_token_ids(task, tokenizer))).softmax(-1)
-        j = int(probs.argmax())
-        answers.append((task.label_words[j].strip(), probs[j].item()))
-    return answers
+    """Exercise 10. adapters: [(tuner, task)]; requests: [(k, text)] for adapters[k]. Returns
+    [(label word without its space, probability)] in request order, from ONE call of
+    adapters.mixed_batch_hidden over all requests: each text tokenized with its own task's template
+    (data.tokenize, at most max_len tokens and never more than the model's positions minus m), the
+    batch right-padded with 0, and each row scored with its own task's label words
+    (lopa.label_logits, softmax over those words only)."""
+    raise NotImplementedError("exercise 10: serve() is yours to write")
 
 
 def main(argv=None):

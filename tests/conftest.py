@@ -8,6 +8,11 @@ from safetensors.torch import save_file
 from model import GPT, GPTConfig
 
 
+def pytest_addoption(parser):
+    parser.addoption("--student", action="store_true",
+                     help="tests/test_exercises.py: check your exercises/*.py, not the solutions")
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """A 2-layer, width-32 GPT-2 with the real vocabulary, saved as the hub stores GPT-2 (Conv1D layout)."""

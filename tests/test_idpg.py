@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError
-from exercises.nearest_tokens import nearest_tokens
+from exercises.solutions.nearest_tokens import nearest_tokens
 from lopa import IDPG, IDPGConfig, closed_form, label_logits
 from model import GPT, GPTConfig
 from tests.helpers import TINY as SMALL, padded_batch as batch, tiny_lm as small

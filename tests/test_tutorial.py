@@ -42,7 +42,7 @@ def test_every_python_block_runs_in_order(monkeypatch, capsys, tmp_path):
     handler = signal.getsignal(signal.SIGINT)  # train.main installs its own Ctrl-C handler
     namespace = {"__name__": "tutorial"}
     python = [(code, line) for lang, code, line, _ in blocks() if lang == "python"]
-    assert len(python) >= 15, "fewer python blocks than expected: was a fence renamed?"
+    assert len(python) >= 10, "fewer python blocks than expected: was a fence renamed?"
     try:
         for code, line in python:
             # Padding with newlines makes a traceback point at the failing line of tutorial.md.
@@ -97,15 +97,37 @@ def test_sections_mirror_the_code():
                       ("8", "Exercises")]
 
 
-def test_exercises_have_goal_run_expect_and_a_solution():
+def slug(heading):
+    """The anchor GitHub gives a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_exercises_say_what_they_need_and_take_show_and_link_their_solution():
     text = read()
-    exercises = re.split(r"^### Exercise (\d+): ", text[text.index("## 8. Exercises"):], flags=re.M)[1:]
+    section = text[text.index("## 8. Exercises"):]
+    exercises = re.split(r"^### Exercise (\d+): ", section, flags=re.M)[1:]
     numbers, bodies = exercises[0::2], exercises[1::2]
-    assert len(bodies) >= 8 and numbers == [str(i) for i in range(1, len(bodies) + 1)]
+    assert len(bodies) >= 15 and numbers == [str(i) for i in range(1, len(bodies) + 1)]
+    parts = ("**Needs.**", "**Time.**", "**Goal.**", "**Run.**", "**What you should see.**",
+             "**Solution.**")
     for n, body in zip(numbers, bodies):
-        for part in ("**Goal.**", "**Run.**", "**Expect.**", "<details>\n<summary>Solution</summary>\n\n", "</details>"):
-            assert part in body, f"exercise {n} lacks {part!r}"
-        assert body.index("**Goal.**") < body.index("**Run.**") < body.index("**Expect.**") < body.index("<details>")
+        assert all(p in body for p in parts), f"exercise {n} lacks one of {parts}"
+        assert [body.index(p) for p in parts] == sorted(body.index(p) for p in parts), n
+        assert "<details>" not in body, f"exercise {n} prints its solution"
+        assert "exercises/solutions/" in body[body.index("**Solution.**"):], n
+    outs = []
+    for line in inline_code(section):
+        if re.search(r"python (train\.py|exercises/(mean_pool|idpg|new_task)\.py) .*--", line):
+            # a run that trains: the model of the measured numbers, and a folder of its own
+            assert "--model smollm2" in line and re.search(r"--out runs/ex\d+", line), line
+            outs.append(re.search(r"--out (\S+)", line)[1])
+    assert len(outs) >= 10 and len(outs) == len(set(outs)), outs
+    for path, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)\s]+))?\)", section):
+        assert os.path.exists(os.path.join(ROOT, path)), f"section 8 links {path}: not there"
+        if anchor:
+            with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+                headings = [slug(h) for h in re.findall(r"^#+ (.+)$", f.read(), re.M)]
+            assert anchor in headings, f"section 8 links {path}#{anchor}, which is no heading there"
 
 
 def inline_code(text):
@@ -120,10 +142,12 @@ def test_mentioned_files_flags_and_names_exist():
     text = read()
     spans = list(inline_code(text))
     # a path inside another folder (the official repositories' utils/model.py) is not this project's file
-    for path in set(re.findall(r"(?<![/\w])(?:(?:exercises|benchmarks|tests)/)?\w+\.py\b", text)):
+    folders = r"(?:(?:exercises/solutions|exercises|benchmarks|tests)/)?"
+    for path in set(re.findall(rf"(?<![/\w]){folders}\w+\.py\b", text)):
         assert os.path.exists(os.path.join(ROOT, path)), f"tutorial.md mentions {path}, which does not exist"
-    sources = ""
-    for folder in (".", "exercises", "benchmarks"):
+    with open(os.path.join(ROOT, "tests", "conftest.py"), encoding="utf-8") as f:
+        sources = f.read()  # --student
+    for folder in (".", "exercises", "exercises/solutions", "benchmarks"):
         for name in os.listdir(os.path.join(ROOT, folder)):
             if name.endswith(".py"):
                 with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
@@ -132,8 +156,9 @@ def test_mentioned_files_flags_and_names_exist():
     method_flags = set(train.method_flags())  # made from the methods' configs, not written out
     for flag in {f for span in spans for f in re.findall(r"(?<![\w-])--[a-z][a-z-]*", span)} - {"--no-deps"}:
         assert f'"{flag}"' in sources or flag in method_flags, f"tutorial.md mentions {flag}, which no script defines"
-    names = ("data", "lopa", "model", "train", "exercises.mean_pool", "exercises.nearest_tokens",
-             "exercises.new_task", "exercises.serve_two", "builtins")
+    names = ("data", "lopa", "model", "train", *(f"exercises.solutions.{name}" for name in
+             ("count_params", "mean_pool", "nearest_tokens", "new_task", "serve_two", "idpg")),
+             "builtins")
     modules = {name: importlib.import_module(name) for name in names}
     snippets = "".join(code for lang, code, *_ in blocks(text) if lang == "python")
     defined = tuple(re.findall(r"^def (\w+)", snippets, re.M))
