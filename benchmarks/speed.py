@@ -4,11 +4,14 @@ one run.
     pip install transformers peft          # optional extras, for this script only
     python benchmarks/speed.py             # GPT-2 small shape, random weights, float32
 
+    python benchmarks/speed.py --tokens 24 # an SST-2-like shape: short inputs
+
 Same configuration for everyone: batch 16, 64 input tokens, 10 virtual tokens, every base weight
-frozen, AdamW over the tuner only, cross-entropy on two label words at the last token. Prints
-medians over several steps after warm-up, ratios, and achieved GFLOP/s against this machine's own
-matmul speed. Timings on shared machines are noisy: read the ratios, which are measured side by
-side.
+frozen, AdamW over the tuner only, cross-entropy on two label words at the last token. The
+contenders take turns, one step each per round (A B C A B C ...), after warm-up rounds: a slow
+spell on a shared machine then slows every contender of that round, and each ratio is the median
+of its per-round ratios, printed with their range. This machine's own matmul speed is measured in
+the same rounds, as one more contender.
 """
 import argparse
 import os
@@ -25,15 +28,28 @@ from lopa import LOPA, PromptConfig, PromptTuning, label_logits  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 
-def timed(step, warmup, repeats):
-    """Median seconds of step() after warm-up."""
-    times = []
-    for i in range(warmup + repeats):
-        t = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def interleaved(steps, warmup, rounds):
+    """{name: seconds of each round's step}, the contenders taking turns within every round."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def ratio(slow, fast):
+    """Median of the per-round ratios slow / fast, with their min and max."""
+    r = sorted(s / f for s, f in zip(slow, fast))
+    return statistics.median(r), r[0], r[-1]
+
+
+def shown(r, unit="x", digits=2):
+    return f"{r[0]:.{digits}f}{unit} (range {r[1]:.{digits}f}-{r[2]:.{digits}f})"
 
 
 def activation_mb(label_scores, frozen):
@@ -50,13 +66,13 @@ def activation_mb(label_scores, frozen):
     return sum(seen.values()) / 2**20
 
 
-def matmul_gflops(n=2048, repeats=5):
+def matmul(n=2048, repeats=3):
+    """A step of pure float32 matmuls, the machine's reference speed: returns (step, its FLOPs)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+    def step():
+        for _ in range(repeats):
+            a @ b
+    return step, 2 * n**3 * repeats
 
 
 def main():
@@ -64,8 +80,8 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--m", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds (one step each)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--layers", type=int, default=12, help="fewer layers for a quick look")
     a = p.parse_args()
     try:
@@ -130,34 +146,38 @@ def main():
             lambda: label_logits(ours, pt(ids, lengths), words)),
         "HF+PEFT eval (forward only)": forward_only(hf_scores),
     }
-    r = {k: timed(s, a.warmup, a.repeats) for k, s in steps.items()}
+    reference, reference_flops = matmul()
+    times = interleaved({**steps, "matmul 2048 x 2048 (reference)": reference}, a.warmup, a.rounds)
     frozen = list(ours.parameters()) + list(ref.parameters())
     mem = {k: activation_mb(s.label_scores, frozen) for k, s in steps.items()
            if hasattr(s, "label_scores")}
-    peak = matmul_gflops()
 
     # FLOPs of our prompt-tuning step: a forward, and a backward that needs input gradients only
     # (the weights are frozen), about one more forward. Per layer: 12 d^2 per token in the linears,
     # plus attention's 2 (m+T) d per token for QK^T and again for AV.
     cfg, L = ours.config, B * (T + m)
     fwd = a.layers * (2 * 12 * cfg.n_embd**2 * L + 2 * 2 * (T + m) * cfg.n_embd * L)
-    print(f"{'':42s} {'ms/step':>9s} {'examples/s':>11s} {'activations MB':>15s}")
-    for k, sec in r.items():
-        print(f"{k:42s} {1000 * sec:9.0f} {B / sec:11.1f} "
-              f"{f'{mem[k]:.0f}' if k in mem else '-':>15}")
-    pt_s, hf_s, hf_keep = (r["ours prompt tuning"], r["HF+PEFT prompt tuning"],
-                           r["HF+PEFT prompt tuning, logits_to_keep=1"])
+    print(f"{a.rounds} rounds after {a.warmup} warm-up; medians, with the range over rounds")
+    print(f"{'':42s} {'ms/step':>9s} {'range':>11s} {'examples/s':>11s} {'activations MB':>15s}")
+    for k, t in times.items():
+        med = statistics.median(t)
+        print(f"{k:42s} {1000 * med:9.0f} {f'{1000 * min(t):.0f}-{1000 * max(t):.0f}':>11s} "
+              f"{B / med:11.1f} {f'{mem[k]:.0f}' if k in mem else '-':>15}")
+    pt, cached = times["ours prompt tuning"], times["ours LOPA, cached encoder vectors"]
+    hf, keep = times["HF+PEFT prompt tuning"], times["HF+PEFT prompt tuning, logits_to_keep=1"]
     print(f"LOPA / prompt tuning step time: "
-          f"{r['ours LOPA, encoder pass included'] / pt_s:.2f}x with the encoder pass, "
-          f"{r['ours LOPA, cached encoder vectors'] / pt_s:.2f}x with cached encoder vectors")
-    print(f"eval throughput, ours / HF+PEFT: "
-          f"{r['HF+PEFT eval (forward only)'] / r['ours eval (forward only)']:.2f}x")
-    print(f"achieved {2 * fwd / pt_s / 1e9:.0f} GFLOP/s in our prompt-tuning step; "
-          f"this machine's float32 matmul: "
-          f"{peak:.0f} GFLOP/s ({100 * 2 * fwd / pt_s / 1e9 / peak:.0f}%)")
-    print(f"speedup vs HF+PEFT prompt tuning with logits_to_keep=1: {hf_keep / pt_s:.2f}x")
-    print(f"speedup vs HF+PEFT prompt tuning: {hf_s / pt_s:.2f}x")
-
+          f"{shown(ratio(times['ours LOPA, encoder pass included'], pt))} with the encoder pass, "
+          f"{shown(ratio(cached, pt))} with cached e")
+    evals = ratio(times["HF+PEFT eval (forward only)"], times["ours eval (forward only)"])
+    print(f"eval throughput, ours / HF+PEFT: {shown(evals)}")
+    share = ratio([2 * fwd / p for p in pt],
+                  [reference_flops / r for r in times["matmul 2048 x 2048 (reference)"]])
+    print(f"achieved {2 * fwd / statistics.median(pt) / 1e9:.0f} GFLOP/s in our prompt-tuning "
+          f"step, {shown([100 * x for x in share], '%', 0)} of this machine's float32 matmul")
+    print(f"speedup vs HF+PEFT prompt tuning with logits_to_keep=1: {shown(ratio(keep, pt))}")
+    print(f"speedup vs HF+PEFT prompt tuning: {shown(ratio(hf, pt))}")
+    print(f"ours LOPA with cached e vs HF+PEFT prompt tuning with logits_to_keep=1: "
+          f"{shown(ratio(keep, cached))}")
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from benchmarks import plot_results, results
+from benchmarks import plot_results, results, speed
 
 
 def quiet(fn, *args):
@@ -127,3 +127,12 @@ def test_results_py_picks_lr_on_the_held_out_slice_reuses_runs_and_keeps_other_r
     with pytest.raises(SystemExit, match=r"^error: `python train.py --task mrpc .*` failed: "
                                          r"error: loss became nan"):
         results.main()
+
+
+def test_speed_contenders_take_turns_and_ratios_are_per_round():
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
+    times = speed.interleaved(steps, warmup=1, rounds=2)
+    assert calls == list("ABC") * 3 and all(len(t) == 2 for t in times.values())
+    # a slow spell in round 2 slows both contenders: the per-round ratio stays 2
+    assert speed.ratio([2.0, 20.0, 3.0], [1.0, 10.0, 1.0]) == (2.0, 2.0, 3.0)
