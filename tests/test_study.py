@@ -71,3 +71,17 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     n = len(calls)
     study.main()                                                       # everything is reused
     assert len(calls) == n
+
+
+def test_figure_draws_every_arm(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import plot_study
+    diag = {"0": {"n": 872, "mean_e": {"changed": 3}}}
+    rows = [{"arm": "prompt", "scores": {"0": 0.86, "1": 0.87}, "zero_shot": 0.78,
+             "minus_prompt": None},
+            {"arm": "lopa", "scores": {"0": 0.85, "1": 0.84}, "zero_shot": 0.78, "diagnose": diag,
+             "minus_prompt": {"n": 2, "mean": -0.02, "low": -0.05, "high": 0.01}}]
+    path = tmp_path / "study.svg"
+    plot_study.draw({"task": "sst2", "model": "m", "budget": "b", "rows": rows}, str(path))
+    svg = path.read_text()
+    assert "prompt (2)" in svg and "lopa (2)" in svg and "of 872" in svg
