@@ -1,4 +1,4 @@
-"""The study's figure, from benchmarks/study.json (written by `python benchmarks/study.py --report`).
+"""The study's figure, from benchmarks/study.json (made by `python benchmarks/study.py --report`).
 
     pip install matplotlib                 # optional, for this script only
     python benchmarks/plot_study.py        # -> benchmarks/study.svg
