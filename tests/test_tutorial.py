@@ -1,6 +1,7 @@
-"""tutorial.md cannot drift from the code: its python blocks run in order in one namespace, its quotes of the
-code are verbatim, the `python lopa.py` output it shows is what lopa.py prints, and the names, files and flags
+"""tutorial.md cannot drift from the code: its python blocks run in order in one namespace, and paste
+into the plain Python prompt, its quotes of the code are verbatim, the `python lopa.py` output it shows is what lopa.py prints, and the names, files and flags
 it mentions exist."""
+import code
 import contextlib
 import importlib
 import io
@@ -53,6 +54,38 @@ def test_every_python_block_runs_in_order(monkeypatch, capsys, tmp_path):
     finally:
         signal.signal(signal.SIGINT, handler)
     assert "refused:" in capsys.readouterr().out
+
+
+class Console(code.InteractiveConsole):
+    """The plain Python prompt, but an error stops the test instead of being printed."""
+
+    def showsyntaxerror(self, filename=None, **kwargs):
+        raise
+
+    def showtraceback(self):
+        raise
+
+
+def test_every_python_block_pastes_into_the_plain_prompt(monkeypatch, tmp_path):
+    # The prompt reads a paste line by line: an indented block ends only at a blank line, and a
+    # blank line inside a def or a for ends it early. exec() above forgives both.
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handler = signal.getsignal(signal.SIGINT)
+    console = Console({"__name__": "tutorial"})
+    python = [(code, line) for lang, code, line, _ in blocks() if lang == "python"]
+    try:
+        with unittest.mock.patch.dict(methods.METHODS), contextlib.redirect_stdout(io.StringIO()):
+            for snippet, first in python:
+                for i, line in enumerate(snippet.splitlines()):
+                    try:
+                        console.push(line)
+                    except Exception as err:
+                        raise AssertionError(f"tutorial.md line {first + i}, pasted: {line!r}: "
+                                             f"{type(err).__name__}: {err}") from err
+                assert not console.push(""), f"the block at tutorial.md line {first} is left open"
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def test_fences_are_labelled():
