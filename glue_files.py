@@ -9,8 +9,8 @@ BUNDLED = "sst2, mrpc, rte, cola (and qnli dev/test)"
 
 
 def read_tsv(task, path, labelled):
-    # Split on tabs ourselves: GLUE's fields hold bare `"`, which CSV quoting would swallow across
-    # lines.
+    # Split on tabs ourselves: GLUE's fields hold bare `"`, which CSV quoting would swallow
+    # across lines.
     try:
         with open(path, "rb") as f:
             data = f.read()
