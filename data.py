@@ -1,5 +1,5 @@
 """GLUE tasks as label-word classification for a frozen causal LM: templates, loading (the files
-themselves are read by glue_files.py), batching, metrics.
+themselves are read by glue_files.py), a run's splits, batching, metrics.
 
 Follows the verbaliser framing of LOPA's GLUE experiments (Jain et al., NeurIPS 2024), adapted
 to a causal LM: the filled template ends where the label word would come, and the LM's next-token
@@ -24,6 +24,7 @@ from glue_files import read_parquet, read_tsv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")
+CPU_TRAIN_EXAMPLES = 2000  # train.py's default subset on a CPU: README, "Choosing the CPU budget"
 
 
 @dataclass
@@ -135,6 +136,29 @@ def holdout_rows(train_rows, dev_rows, n):
     return held
 
 
+def choose_rows(args, device):
+    """(training rows, evaluation rows, evaluation split's name): a seeded subset of train, and dev
+    or, under --holdout, a slice of train held out of training (the same slice for every seed)."""
+    train_rows, dev_rows = load_split(args.task, "train"), load_split(args.task, "dev")
+    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))
+    if args.holdout:
+        if args.holdout >= len(train_rows):
+            raise UserError(f"--holdout {args.holdout} leaves no training examples "
+                            f"(train has {len(train_rows)})")
+        held = holdout_rows(train_rows, dev_rows, args.holdout)
+        keep = torch.tensor(sorted(set(range(len(train_rows))) - set(held)))
+        dev_rows = [train_rows[i] for i in held]
+        order = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(args.seed))]
+    limit = args.max_train_examples or ("all" if device != "cpu" else str(CPU_TRAIN_EXAMPLES))
+    n_train = len(order) if limit == "all" else min(int(limit), len(order))
+    hint = ("" if n_train == len(order) else
+            " (a random subset; --max-train-examples all trains on every one)")
+    split = "held-out" if args.holdout else "dev"
+    print(f"task: {args.task}; training on {n_train:,} of {len(order):,} examples{hint}; "
+          f"{split}: {len(dev_rows):,}")
+    return [train_rows[i] for i in order[:n_train].tolist()], dev_rows, split
+
+
 def check_sha256(data_dir=DATA_DIR):
     """Check every bundled file against the sha256 in its SOURCE.md table; return those checked."""
     checked = []
@@ -202,6 +226,20 @@ def tokenize(task, texts, tokenizer, max_len):
     for t, n, after in zip(txt, lens, lit[1:]):
         ids = ids + t[:n] + after
     return ids
+
+
+@dataclass
+class Split:
+    """One set of examples, tokenized: what the loop trains on or scores."""
+    name: str                # "train", "dev" or "held-out"
+    ids: list                # one list of token ids per example
+    labels: list             # one class index per example
+    e: torch.Tensor = None   # (N, h_enc) cached encoder vectors, for tuners that cache them
+
+
+def tokenize_split(name, task, rows, tokenizer, max_len):
+    return Split(name, [tokenize(task, texts, tokenizer, max_len) for texts, _ in rows],
+                 [label for _, label in rows])
 
 
 def batches(examples_ids, labels, batch_size, shuffle, generator=None):

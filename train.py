@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +23,11 @@ from adapters import save_adapter, trains_encoder
 from checkpoints import (check_out_folder, identify_run, save_checkpoint, start_or_resume,
                          stop_on_ctrl_c)
 from common import UserError, atomic_write, cli, pick_device, write_text
-from data import holdout_rows
+# train.Split, train.holdout_rows... still name what data.py now holds
+from data import CPU_TRAIN_EXAMPLES, Split, choose_rows, holdout_rows, tokenize_split  # noqa: F401
 from loading import choose_model, load_model
 from lopa import METHODS, InstanceTuner, label_logits, last_hidden
 from methods import add_method_flags, method_config, method_flags
-
-CPU_TRAIN_EXAMPLES = 2000   # the default subset on a CPU: see README, "Choosing the CPU budget"
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -83,44 +81,7 @@ def check_args(a):
         raise UserError(f"--max-train-examples must be a positive integer or 'all', got {n!r}")
 
 
-# ----------------------------------------------------------------------------- data
-
-@dataclass
-class Split:
-    """One set of examples, tokenized: what the loop trains on or scores."""
-    name: str                # "train", "dev" or "held-out"
-    ids: list                # one list of token ids per example
-    labels: list             # one class index per example
-    e: torch.Tensor = None   # (N, h_enc) cached encoder vectors, for tuners that cache them
-
-
-def choose_rows(args, device):
-    """(training rows, evaluation rows, evaluation split's name): a seeded subset of train, and dev
-    or, under --holdout, a slice of train held out of training (the same slice for every seed)."""
-    train_rows, dev_rows = data.load_split(args.task, "train"), data.load_split(args.task, "dev")
-    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))
-    if args.holdout:
-        if args.holdout >= len(train_rows):
-            raise UserError(f"--holdout {args.holdout} leaves no training examples "
-                            f"(train has {len(train_rows)})")
-        held = holdout_rows(train_rows, dev_rows, args.holdout)
-        keep = torch.tensor(sorted(set(range(len(train_rows))) - set(held)))
-        dev_rows = [train_rows[i] for i in held]
-        order = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(args.seed))]
-    limit = args.max_train_examples or ("all" if device != "cpu" else str(CPU_TRAIN_EXAMPLES))
-    n_train = len(order) if limit == "all" else min(int(limit), len(order))
-    hint = ("" if n_train == len(order) else
-            " (a random subset; --max-train-examples all trains on every one)")
-    split = "held-out" if args.holdout else "dev"
-    print(f"task: {args.task}; training on {n_train:,} of {len(order):,} examples{hint}; "
-          f"{split}: {len(dev_rows):,}")
-    return [train_rows[i] for i in order[:n_train].tolist()], dev_rows, split
-
-
-def tokenize_split(name, task, rows, tokenizer, max_len):
-    return Split(name, [data.tokenize(task, texts, tokenizer, max_len) for texts, _ in rows],
-                 [label for _, label in rows])
-
+# ----------------------------------------------------------------------------- passes over a split
 
 @torch.no_grad()
 def per_example(fn, split, device, batch_size, desc):
