@@ -1,6 +1,6 @@
-"""tutorial.md cannot drift from the code: its python blocks run in order in one namespace, and paste
-into the plain Python prompt, its quotes of the code are verbatim, the `python lopa.py` output it shows is what lopa.py prints, and the names, files and flags
-it mentions exist."""
+"""tutorial.md cannot drift from the code: its python blocks run in order in one namespace and paste
+into the plain Python prompt, its quotes of the code are verbatim, the `python lopa.py` output it
+shows is what lopa.py prints, and the names, files and flags it mentions exist."""
 import code
 import contextlib
 import importlib
