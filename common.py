@@ -1,5 +1,6 @@
 """What every command line of the project shares: the user-facing error, the way a CLI reports it,
-the device it runs on, and atomic writes."""
+the device and the dtype it runs in, and atomic writes."""
+import contextlib
 import os
 import sys
 
@@ -15,7 +16,8 @@ def cli(fn):
     try:
         sys.exit(fn())
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process meets it; one says it
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted; files already in --out are complete "
@@ -47,3 +49,21 @@ def pick_device(name):
     if name not in ("cuda", "mps", "cpu"):
         raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
     return name
+
+
+def pick_dtype(name, device):
+    """--dtype's torch dtype: "auto" is bfloat16 on a CUDA GPU that has it, float32 elsewhere."""
+    if name not in ("auto", "float32", "bfloat16"):
+        raise UserError(f"unknown dtype {name!r}; choose auto, float32 or bfloat16")
+    if name == "auto":
+        cuda = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        name = "bfloat16" if cuda else "float32"
+    return getattr(torch, name)
+
+
+def autocast(device, dtype):
+    """Forward passes in dtype: torch's autocast runs the matrix products in bfloat16 and keeps
+    the parameters, the norms and the loss in float32. For float32, nothing at all."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

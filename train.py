@@ -2,6 +2,7 @@
 
     python train.py --task sst2                     # LOPA; GPT-2 if reachable, else SmolLM2 offline
     python train.py --task rte --method prompt --epochs 3 --max-train-examples all
+    torchrun --nproc_per_node 4 train.py --task sst2  # 4 processes, one batch: see distributed.py
 
 One plain loop: zero-shot baseline, then epochs of AdamW steps on the label words' cross-entropy at
 the last real token, an evaluation on dev after each epoch, the best-on-dev adapter kept in --out.
@@ -19,10 +20,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import distributed
 from adapters import save_adapter, trains_encoder
 from checkpoints import (check_out_folder, identify_run, save_checkpoint, start_or_resume,
                          stop_on_ctrl_c)
-from common import UserError, atomic_write, cli, pick_device, write_text
+from common import UserError, atomic_write, autocast, cli, pick_device, pick_dtype, write_text
 # train.Split, train.holdout_rows... still name what data.py now holds
 from data import CPU_TRAIN_EXAMPLES, Split, choose_rows, holdout_rows, tokenize_split  # noqa: F401
 from loading import choose_model, load_model
@@ -50,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--dtype", default="auto", help="forward passes in float32 or bfloat16 "
+                   "(autocast; default bfloat16 on a GPU that has it)")
     p.add_argument("--max-len", type=int, default=256,
                    help="longest input in tokens (sentences are cut, never the template)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
@@ -74,6 +78,7 @@ def check_args(a):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, "
                             f"got {getattr(a, name)}")
+    pick_dtype(a.dtype, "cpu")  # an unknown --dtype fails here, before any work
     if a.lr is not None and not a.lr > 0:
         raise UserError(f"--lr must be positive, got {a.lr}")
     n = a.max_train_examples
@@ -84,27 +89,30 @@ def check_args(a):
 # ----------------------------------------------------------------------------- passes over a split
 
 @torch.no_grad()
-def per_example(fn, split, device, batch_size, desc):
-    """(N, d): fn(ids, lengths, index) -> (B, d) for every example, in length-sorted batches."""
+def per_example(fn, split, device, batch_size, desc, world=distributed.World()):
+    """(N, d): fn(ids, lengths, index) -> (B, d) for every example, in length-sorted batches (each
+    process of a world its share of each, then all of them gathered), in float32."""
     out = None
-    for b in tqdm(data.batches(split.ids, split.labels, batch_size, shuffle=False), desc=desc,
-                  leave=False, total=math.ceil(len(split.ids) / batch_size)):
+    batches = data.batches(split.ids, split.labels, batch_size, shuffle=False)
+    for b in tqdm(world.shares(batches), desc=desc, leave=False,
+                  total=math.ceil(len(split.ids) / batch_size)):
         index = b["index"].to(device)
-        h = fn(b["ids"].to(device), b["lengths"].to(device), index)
-        out = h.new_empty(len(split.ids), h.size(1)) if out is None else out
+        h = fn(b["ids"].to(device), b["lengths"].to(device), index).float()
+        out = h.new_zeros(len(split.ids), h.size(1)) if out is None else out
         out[index] = h
-    return out
+    return world.gather_rows(out, len(split.ids))
 
 
-def cache_encoder(tuner, model, train, dev, dev_h, device, batch_size):
+def cache_encoder(tuner, model, train, dev, dev_h, device, batch_size, world=distributed.World()):
     """e = Enc(x) for every example, once: a frozen encoder gives every epoch the same e (see
     lopa.InstanceTuner.encode). The default encoder is this model read without a prompt, which is
     exactly the zero-shot pass: its dev_h is dev's e."""
     def encode(ids, lengths, index):
         return tuner.encode(ids, lengths)
-    train.e = per_example(encode, train, device, batch_size, "encode")
+    train.e = per_example(encode, train, device, batch_size, "encode", world)
     default = type(tuner).encode is InstanceTuner.encode and tuner.encoder is model
-    dev.e = dev_h if default else per_example(encode, dev, device, batch_size, f"encode {dev.name}")
+    dev.e = dev_h if default else per_example(encode, dev, device, batch_size,
+                                              f"encode {dev.name}", world)
 
 
 # ----------------------------------------------------------------------------- training
@@ -114,20 +122,31 @@ def lr_at(step, lr, warmup):
     return lr * min(1.0, (step + 1) / warmup)
 
 
-def evaluate(task, tuner, split, label_ids, device, batch_size):
+def evaluate(task, tuner, split, label_ids, device, batch_size, world=distributed.World()):
     """The task metric of the tuned model on a split."""
     def hidden(ids, lengths, index):
         return tuner(ids, lengths, None if split.e is None else split.e[index])
     tuner.eval()
-    h = per_example(hidden, split, device, batch_size, split.name)
+    h = per_example(hidden, split, device, batch_size, split.name, world)
     tuner.train()
     preds = label_logits(tuner.model, h, label_ids).argmax(-1).tolist()
     return data.score(task, preds, split.labels)
 
 
+def batch_loss(run, b):
+    """The mean cross-entropy of the label words over batch b, its forward pass in --dtype."""
+    tuner, train = run.tuner, run.train
+    with autocast(run.device, run.dtype):
+        e = None if train.e is None else train.e[b["index"].to(run.device)]
+        h = tuner(b["ids"].to(run.device), b["lengths"].to(run.device), e)          # (B, d)
+        logits = label_logits(tuner.model, h, run.label_ids)                       # (B, n_labels)
+        loss = F.cross_entropy(logits, b["labels"].to(run.device))
+    return loss
+
+
 def train_epoch(run, epoch, stop):
     """One epoch of AdamW steps from run.state["step"]; False if Ctrl-C stopped it (saved)."""
-    a, tuner, opt, train = run.args, run.tuner, run.opt, run.train
+    a, opt, train = run.args, run.opt, run.train
     # the epoch's order, rebuilt on resume
     gen = torch.Generator().manual_seed(a.seed * 1000 + epoch)
     batches = list(data.batches(train.ids, train.labels, a.batch_size, shuffle=True, generator=gen))
@@ -138,25 +157,23 @@ def train_epoch(run, epoch, stop):
         step = run.state["step"]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, g["base_lr"], run.warmup)
-        e = None if train.e is None else train.e[b["index"].to(run.device)]
-        h = tuner(b["ids"].to(run.device), b["lengths"].to(run.device), e)          # (B, d)
-        logits = label_logits(tuner.model, h, run.label_ids)                       # (B, n_labels)
-        loss = F.cross_entropy(logits, b["labels"].to(run.device))
+        opt.zero_grad(set_to_none=True)
+        # under torchrun: this process's share of b, the gradients summed over processes
+        loss = run.world.backward(lambda share: batch_loss(run, share), b, run.params)
         if not torch.isfinite(loss):
             kept = os.path.exists(os.path.join(a.out, "checkpoint.json"))
             kept = "the last good checkpoint is kept" if kept else "no checkpoint yet"
             raise UserError(f"loss became {loss.item()} at step {step + 1}; {kept}. "
                             f"Lower --lr (now {a.lr:g})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(run.params, 1.0)
         opt.step()
         run.state["step"] = step + 1
         run.losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(run.losses[-20:]) / len(run.losses[-20:]):.3f}")
-        if stop or (step + 1) % a.checkpoint_every == 0:
+        stopping = run.world.any(stop)  # every process stops at the same step
+        if stopping or (step + 1) % a.checkpoint_every == 0:
             save_checkpoint(run)
-        if stop:
+        if stopping:
             print(f"\ninterrupted at step {step + 1}/{a.epochs * run.steps_per_epoch}; checkpoint "
                   f"saved in {a.out}. Continue with the same command plus --resume",
                   file=sys.stderr)
@@ -168,8 +185,9 @@ def train_epoch(run, epoch, stop):
 # ----------------------------------------------------------------------------- main
 
 class Run:
-    """What the steps of one run share: args, device, model_name, label_ids, train and dev (Splits),
-    tuner, params, n_params, opt, steps_per_epoch, warmup, state (saved in checkpoints), losses."""
+    """What the steps of one run share: args, world (distributed.py), device, dtype, model_name,
+    label_ids, train and dev (Splits), tuner, params, n_params, opt, steps_per_epoch, warmup, state
+    (saved in checkpoints), losses."""
 
 
 def record_epoch(run, epoch, metric, t_epoch):
@@ -183,10 +201,12 @@ def record_epoch(run, epoch, metric, t_epoch):
           f"loss {loss:.3f} | {run.dev.name} {task.metric} {metric['metric']:.4f} | "
           f"lr {run.opt.param_groups[0]['lr']:.1e} | "
           f"{1000 * (time.time() - t_epoch) / max(1, len(run.losses)):.0f} ms/step")
-    atomic_write(os.path.join(a.out, "metrics.jsonl"),
-                 lambda p: write_text(p, "".join(json.dumps(r) + "\n" for r in state["history"])))
-    if state["best"] is None or metric["metric"] > state["best"]["metric"]:
-        state["best"] = {**metric, "epoch": epoch + 1}
+    new_best = state["best"] is None or metric["metric"] > state["best"]["metric"]
+    state["best"] = {**metric, "epoch": epoch + 1} if new_best else state["best"]
+    if run.world.main:  # every process keeps the state; one writes the files
+        atomic_write(os.path.join(a.out, "metrics.jsonl"), lambda p: write_text(
+            p, "".join(json.dumps(r) + "\n" for r in state["history"])))
+    if new_best and run.world.main:
         save_adapter(run.tuner, a.out, model=run.model_name, task=a.task, seed=a.seed, lr=a.lr,
                      n_train=len(run.train.ids), holdout=a.holdout, trainable=run.n_params,
                      metric_name=task.metric, best_epoch=epoch + 1,
@@ -231,7 +251,7 @@ def zero_shot(run, model, batch_size):
     """The template alone, no prompt: its score, and dev's final hidden states (B, d) on the way."""
     task, state = data.TASKS[run.args.task], run.state
     dev_h = per_example(lambda ids, lengths, index: last_hidden(model, ids, lengths), run.dev,
-                        run.device, batch_size, "zero-shot")
+                        run.device, batch_size, "zero-shot", run.world)
     if state["zero_shot"] is None:
         preds = label_logits(model, dev_h, run.label_ids).argmax(-1).tolist()
         state["zero_shot"] = data.score(task, preds, run.dev.labels)
@@ -243,29 +263,37 @@ def zero_shot(run, model, batch_size):
 def main(argv=None):
     run, t0 = Run(), time.time()
     run.args = a = parse_args(argv)
-    run.device = pick_device(a.device)
+    run.world, run.device = distributed.setup(pick_device(a.device))  # torchrun's, or one process
+    run.dtype = pick_dtype(a.dtype, run.device)
     run.model_name, why = choose_model(a.model)
-    print(f"model: {run.model_name} ({why}); device: {run.device}")
+    mixed = "" if run.dtype == torch.float32 else f" ({str(run.dtype)[6:]} autocast)"
+    print(f"model: {run.model_name} ({why}); device: {run.device}{mixed}")
     train_rows, dev_rows, split = choose_rows(a, run.device)
     run_key = identify_run(a, run.model_name, len(train_rows))
     check_out_folder(a, run_key)
     model = load_data(run, train_rows, dev_rows, split)
     stop = stop_on_ctrl_c()
     build_tuner(run, model)
-    run.state = start_or_resume(a, run.tuner, run.opt, run_key, a.epochs * run.steps_per_epoch)
+    run.world.own_rng(a.seed)
+    run.state = start_or_resume(a, run.tuner, run.opt, run_key, a.epochs * run.steps_per_epoch,
+                                run.world.rank)
     bs = 2 * a.batch_size  # no gradients to keep: evaluation fits twice the batch
-    dev_h = zero_shot(run, model, bs)
-    if run.tuner.caches_encoder:
-        cache_encoder(run.tuner, model, run.train, run.dev, dev_h, run.device, bs)
+    with autocast(run.device, run.dtype):
+        dev_h = zero_shot(run, model, bs)
+        if run.tuner.caches_encoder:
+            cache_encoder(run.tuner, model, run.train, run.dev, dev_h, run.device, bs, run.world)
     for epoch in range(len(run.state["history"]), a.epochs):  # epochs already evaluated are done
         run.losses, t_epoch = [], time.time()
         if not train_epoch(run, epoch, stop):
             return 130
-        metric = evaluate(data.TASKS[a.task], run.tuner, run.dev, run.label_ids, run.device, bs)
+        with autocast(run.device, run.dtype):
+            metric = evaluate(data.TASKS[a.task], run.tuner, run.dev, run.label_ids, run.device,
+                              bs, run.world)
         record_epoch(run, epoch, metric, t_epoch)
     run.state["done"] = True
     save_checkpoint(run)
-    summary(run, time.time() - t0)
+    if run.world.main:
+        summary(run, time.time() - t0)
     return 0
 
 

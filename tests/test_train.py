@@ -91,6 +91,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny_gpt2, tmp_path):
     (["--task", "sst2", "--m", "0"], "m must be >= 1"),
     (["--task", "sst2", "--r", "0"], "r must be >= 1"),
     (["--task", "sst2", "--device", "cuda"], "no CUDA GPU"),
+    (["--task", "sst2", "--dtype", "float16"], "unknown dtype 'float16'; choose auto, float32 or bfloat16"),
 ])
 def test_bad_flags_give_one_line(tiny_gpt2, tmp_path, flags, message):
     if "--device" in flags and torch.cuda.is_available():
@@ -191,3 +192,16 @@ def test_the_held_out_slice_follows_dev_lengths_and_leaves_training():
         return sum(len(" ".join(texts).split()) <= 5 for texts, _ in rows) / len(rows)
     assert short(train_rows) > 0.4 and short(dev_rows) < 0.05
     assert short([train_rows[i] for i in held]) < 0.06
+
+
+def test_bfloat16_autocast_trains_close_to_float32(tiny_gpt2, tmp_path, one_thread, capsys):
+    # --dtype bfloat16 on a CPU too: the forward passes in bfloat16, parameters and loss in float32
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        assert train.main(["--task", "rte", *quick(tiny_gpt2, tmp_path / dtype), "--epochs", "1",
+                           "--dtype", dtype]) == 0
+        runs[dtype] = json.loads((tmp_path / dtype / "checkpoint.json").read_text())
+        assert all(v.dtype == torch.float32 for v in load_file(tmp_path / dtype / "adapter.safetensors").values())
+    assert "device: cpu (bfloat16 autocast)" in capsys.readouterr().out
+    f32, bf16 = (runs[d]["history"][0]["loss"] for d in ("float32", "bfloat16"))
+    assert f32 != bf16 and bf16 == pytest.approx(f32, abs=0.01)
