@@ -84,7 +84,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hs, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * hs, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin):
+    def heads(self, x, cos, sin):
         B, T, C = x.size()
         q = self.q_proj(x).view(B, T, self.n_head, -1).transpose(1, 2)     # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_head, -1).transpose(1, 2)  # (B, nkv, T, hs)
@@ -94,9 +94,25 @@ class Attention(nn.Module):
         # (no enable_gqa) working.
         # (B, nh, T, hs)
         k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+        return q, k, v
+
+    def forward(self, x, cos, sin):
+        q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
         # Causal masking is enough: batches are right-padded, as in model.py's GPT.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, nh, T, hs)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))            # (B, T, d)
+        return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T, d)
+
+    def with_prefix(self, x, prefix, rope, rope_prefix):
+        """As model.py's: x (B, T, C) behind a prefix (1, m, C) that every row shares, computed
+        once. rope, rope_prefix: (cos, sin) at the rows' positions m.. and the prefix's 0..m-1."""
+        (q, k, v), (qp, kp, vp) = self.heads(x, *rope), self.heads(prefix, *rope_prefix)
+        B, T, m = x.size(0), x.size(1), prefix.size(1)
+        yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)    # (1, nh, m, hs)
+        k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
+        # each row's token i sees the whole prefix, then its own tokens 0..i
+        mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).flatten(2)), self.o_proj(yp.transpose(1, 2).flatten(2))
 
 
 class MLP(nn.Module):
@@ -122,6 +138,12 @@ class Block(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def with_prefix(self, x, prefix, rope, rope_prefix):  # (x, a shared prefix): Llama.forward
+        norm, norm_2 = self.input_layernorm, self.post_attention_layernorm
+        a, a_prefix = self.self_attn.with_prefix(norm(x), norm(prefix), rope, rope_prefix)
+        x, prefix = x + a, prefix + a_prefix
+        return x + self.mlp(norm_2(x)), prefix + self.mlp(norm_2(prefix))
+
 
 class Llama(nn.Module):
     # LoRA's default targets in this family (lopa.py): the separate q, k, v projections.
@@ -146,9 +168,12 @@ class Llama(nn.Module):
     def embed(self, ids):
         return self.model.embed_tokens(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def forward(self, ids=None, *, embeds=None, return_hidden=False):
+    def forward(self, ids=None, *, embeds=None, prefix=None, return_hidden=False):
+        """prefix (m, d): a soft prompt in front of every row, the same for all, computed once
+        (model.py's GPT.forward); the output covers the rows' own positions only."""
         x = self.embed(ids) if embeds is None else embeds                   # (B, T, d)
-        T, hs = x.size(1), self.config.n_embd // self.config.n_head
+        m = 0 if prefix is None else prefix.size(0)
+        T, hs = m + x.size(1), self.config.n_embd // self.config.n_head
         if T > self.config.n_positions:
             raise UserError(f"sequence of {T} tokens is longer than the model's "
                             f"{self.config.n_positions} positions")
@@ -159,7 +184,12 @@ class Llama(nn.Module):
         # (T, hs)
         angles = torch.outer(torch.arange(T, device=x.device).float(), inv_freq).repeat(1, 2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        for block in self.model.layers:
-            x = block(x, cos, sin)
+        if prefix is None:
+            for block in self.model.layers:
+                x = block(x, cos, sin)
+        else:
+            p = prefix[None]                                                # (1, m, d)
+            for block in self.model.layers:
+                x, p = block.with_prefix(x, p, (cos[m:], sin[m:]), (cos[:m], sin[:m]))
         x = self.model.norm(x)                                              # (B, T, d)
         return x if return_hidden else self.lm_head(x)                      # (B, T, vocab_size)

@@ -31,13 +31,15 @@ from methods import METHODS, check_choice, option, register
 
 
 def last_hidden(model, ids, lengths, prompt=None):
-    """Final hidden state at each row's last real token, with an optional soft prompt in front.
+    """Final hidden state at each row's last real token, behind an optional soft prompt: one per
+    row (B, m, d), or one for all (m, d), which the model then computes once, not B times.
     Batches are right-padded, so that token sits at m + lengths - 1, never at position -1."""
-    x = model.embed(ids)                                              # (B, T, d)
-    m = 0 if prompt is None else prompt.size(1)
-    if prompt is not None:
-        x = torch.cat([prompt.to(x.dtype), x], dim=1)                 # -> (B, m + T, d)
-    h = model(embeds=x, return_hidden=True)                           # (B, m + T, d)
+    if prompt is None or prompt.dim() == 2:  # the output covers the rows' own positions
+        h, m = model(ids, prefix=prompt, return_hidden=True), 0       # (B, T, d)
+    else:
+        x = model.embed(ids)                                          # (B, T, d)
+        x = torch.cat([prompt.to(x.dtype), x], dim=1)                 # (B, m + T, d)
+        h, m = model(embeds=x, return_hidden=True), prompt.size(1)    # (B, m + T, d)
     return h[torch.arange(h.size(0), device=h.device), m + lengths - 1]  # (B, d)
 
 
@@ -47,8 +49,7 @@ def label_logits(model, hidden, label_ids):
 
 
 def vocab_init(model, m):
-    # Start from real token embeddings (PEFT's SAMPLE_VOCAB): the prompt begins inside the region of
-    # input space the frozen model was trained on, instead of noise it has never seen.
+    # Real token embeddings (PEFT's SAMPLE_VOCAB): a start in the input space the model knows.
     rows = torch.randint(0, model.config.vocab_size, (m,))
     return model.embed(rows.to(model.lm_head.weight.device)).detach().clone()  # (m, d)
 
@@ -108,6 +109,9 @@ class PromptTuning(Tuner):
 
     def prompt(self, ids, lengths, e=None):
         return self.z_s.expand(ids.size(0), -1, -1)                   # (m, d) -> (B, m, d)
+
+    def forward(self, ids, lengths, e=None):  # Z_S is every row's: the model computes it once
+        return last_hidden(self.model, ids, lengths, self.z_s)        # (B, d)
 
 
 # ----------------------------------------------------------------------------- prompts made from e
@@ -227,8 +231,7 @@ class IDPG(InstanceTuner):
         super().__init__(model, config, encoder)
         d, h_enc = model.config.n_embd, self.encoder.config.n_embd
         self.mlp = mlp(h_enc, config.hidden, config.m * d, config.dropout)
-        # The output bias is the prompt for e = 0; starting it at token embeddings puts the first
-        # prompts where prompt tuning's start: in the input space the frozen model knows.
+        # The output bias is the prompt for e = 0: it starts where prompt tuning's does (vocab).
         self.mlp[3].bias = nn.Parameter(vocab_init(model, config.m).flatten())  # (m d,)
 
     def prompt(self, ids, lengths, e=None):
@@ -270,8 +273,7 @@ class LoRA(Tuner):
             self.A[key] = nn.Parameter(torch.empty(config.r, lin.in_features))      # (r, in)
             nn.init.kaiming_uniform_(self.A[key], a=math.sqrt(5))               # as nn.Linear, PEFT
             self.B[key] = nn.Parameter(torch.zeros(lin.out_features, config.r))     # (out, r)
-        self.drop = nn.Dropout(config.dropout)
-        self.scale = config.alpha / config.r
+        self.drop, self.scale = nn.Dropout(config.dropout), config.alpha / config.r
         self.hooks = [lin.register_forward_hook(self._hook(key))
                       for key, lin in self.layers.items()]
 

@@ -48,15 +48,29 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x):
+    def heads(self, x):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)                       # 3 x (B, T, C)
-        # (B, nh, T, hs)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def forward(self, x):
+        q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
         # Causal masking alone is enough in this project: batches are right-padded, so a real token
         # never attends to a pad, and the pads' own outputs are never read.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))        # (B, T, C)
+        return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T, C)
+
+    def with_prefix(self, x, prefix):
+        """x (B, T, C) behind a prefix (1, m, C) that every row shares. The prefix never sees what
+        follows it, so its queries, keys and values are computed once, for one row."""
+        (q, k, v), (qp, kp, vp) = self.heads(x), self.heads(prefix)    # (B|1, nh, T|m, hs)
+        B, T, m = x.size(0), x.size(1), prefix.size(1)
+        yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (1, nh, m, hs)
+        k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
+        # each row's token i sees the whole prefix, then its own tokens 0..i
+        mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T, hs)
+        return self.c_proj(y.transpose(1, 2).flatten(2)), self.c_proj(yp.transpose(1, 2).flatten(2))
 
 
 class MLP(nn.Module):
@@ -80,6 +94,11 @@ class Block(nn.Module):
     def forward(self, x):  # pre-LayerNorm residual block
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def with_prefix(self, x, prefix):  # the same for (x, a prefix every row shares): model.forward
+        a, a_prefix = self.attn.with_prefix(self.ln_1(x), self.ln_1(prefix))
+        x, prefix = x + a, prefix + a_prefix
+        return x + self.mlp(self.ln_2(x)), prefix + self.mlp(self.ln_2(prefix))
 
 
 class GPT(nn.Module):
@@ -111,15 +130,19 @@ class GPT(nn.Module):
     def embed(self, ids):
         return self.transformer.wte(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def forward(self, ids=None, *, embeds=None, return_hidden=False):
+    def forward(self, ids=None, *, embeds=None, prefix=None, return_hidden=False):
+        """prefix (m, d): a soft prompt in front of every row, the same for all (prompt tuning's).
+        It is computed once, not B times, and the output covers the rows' own positions only."""
         x = self.embed(ids) if embeds is None else embeds                 # (B, T, d)
-        T = x.size(1)
-        if T > self.config.n_positions:
-            raise UserError(f"sequence of {T} tokens is longer than the model's "
+        m = 0 if prefix is None else prefix.size(0)
+        if m + x.size(1) > self.config.n_positions:
+            raise UserError(f"sequence of {m + x.size(1)} tokens is longer than the model's "
                             f"{self.config.n_positions} positions")
-        x = x + self.transformer.wpe(torch.arange(T, device=x.device))    # (B, T, d)
+        pos = self.transformer.wpe(torch.arange(m + x.size(1), device=x.device))  # (m + T, d)
+        x = x + pos[m:]                                                   # (B, T, d)
+        p = None if prefix is None else (prefix + pos[:m])[None]          # (1, m, d)
         for block in self.transformer.h:
-            x = block(x)
+            x, p = (block(x), None) if p is None else block.with_prefix(x, p)
         x = self.transformer.ln_f(x)                                      # (B, T, d)
         return x if return_hidden else self.lm_head(x)                    # (B, T, vocab_size)
 

@@ -216,3 +216,30 @@ def test_a_trained_encoder_is_a_copy_that_learns_while_the_model_stays_frozen():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in t.encoder.state_dict().items())
     assert LOPA(model, LOPAConfig(m=3)).caches_encoder and not any(p.requires_grad for p in model.parameters())
+
+
+def tiny_llama():
+    from llama import Llama, LlamaConfig
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                              n_kv_head=2, n_inner=48)).eval()
+    for p in model.parameters():
+        if p.dim() == 2:
+            p.data.normal_(std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("make", [tiny, tiny_llama])
+def test_a_prompt_every_row_shares_computed_once_equals_it_in_every_row(make):
+    """model.forward's prefix path (prompt tuning's Z_S, run for one row only) against the plain
+    path with Z_S copied in front of every row: same hidden states, same gradient to Z_S."""
+    from lopa import last_hidden
+    model, (ids, lengths) = make(), batch()
+    z = torch.randn(5, 32, requires_grad=True)
+    once = last_hidden(model, ids, lengths, z)                                 # (B, d)
+    (g_once,) = torch.autograd.grad(once.square().sum(), z)
+    every_row = last_hidden(model, ids, lengths, z.expand(ids.size(0), -1, -1))
+    (g_rows,) = torch.autograd.grad(every_row.square().sum(), z)
+    assert torch.allclose(once, every_row, atol=1e-5)
+    assert torch.allclose(g_once, g_rows, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(once[1], last_hidden(model, ids, lengths)[1], atol=1e-2)  # z matters
