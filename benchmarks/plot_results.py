@@ -1,6 +1,7 @@
 """Plot measured results: dev metric against trainable parameters (log scale), one panel per task
 and model.
 
+    pip install matplotlib                       # optional, for the figures only
     python benchmarks/plot_results.py            # benchmarks/results.json -> benchmarks/results.svg
 
 results.json holds runs summarised over seeds, as benchmarks/results.py writes them: {"rows": [...],
@@ -9,23 +10,18 @@ and optionally "budget" and "hardware", printed under the figure}, or the bare l
      "model", "wall_s"}
 Each method gets one colour, with an error bar of ±std; points of one method in a panel are joined
 in order of size (a sweep of r or m). A method with no trainable parameters (a zero-shot baseline)
-is drawn as a dashed line across its panel. The SVG is written by hand, so the script needs nothing
-beyond Python.
+is drawn as a dashed line across its panel. Each point's or line's SVG group is named
+"task/method" (its gid), so a test or a script can find it.
 """
 import argparse
 import json
 import math
 import os
 import sys
-from xml.sax.saxutils import escape
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIELDS = ("task", "method", "metric_name", "mean", "std", "n_seeds", "trainable", "adapter_bytes",
           "model", "wall_s")
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-PANEL_W, PANEL_H, COLS = 380, 280, 3            # one panel's size in px, panels per row
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 44       # the plot area's margins inside a panel
-LEGEND_H = 34
 
 
 class ResultsError(Exception):
@@ -58,112 +54,47 @@ def load(path):
     return rows, notes
 
 
-def nice_ticks(lo, hi, n=5):
-    """About n round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-    raw = (hi - lo) / n
-    step = min((s * 10 ** math.floor(math.log10(raw)) for s in (1, 2, 5, 10)),
-               key=lambda s: abs(s - raw))
-    first = math.ceil(lo / step - 1e-9)
-    return [round(k * step, 10) for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+def draw(rows, notes, path):
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, searchable
+    plt.rcParams["svg.hashsalt"] = "lopa"  # the same figure gives the same file: clean diffs
 
-
-def short(n):
-    """10 -> 10, 1000 -> 1k, 1e6 -> 1M: tick labels for parameter counts."""
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:g}{unit}"
-    return f"{n:g}"
-
-
-def panel(rows, colour, x0, y0):
-    """SVG elements of one panel whose top-left corner is (x0, y0)."""
-    points = [r for r in rows if r["trainable"] > 0]
-    lines = [r for r in rows if r["trainable"] <= 0]
-    w, h = PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM
-    left, top = x0 + LEFT, y0 + TOP
-    lo = min(r["mean"] - r["std"] for r in rows)
-    hi = max(r["mean"] + r["std"] for r in rows)
-    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.01)
-    lo, hi = lo - pad, hi + pad
-    dmin = math.floor(math.log10(min((r["trainable"] for r in points), default=1)))
-    dmax = math.ceil(math.log10(max((r["trainable"] for r in points), default=10)))
-    dmin, dmax = (dmin, dmax) if dmax > dmin else (dmin, dmin + 1)
-    px = lambda n: left + w * (math.log10(n) - dmin) / (dmax - dmin)  # noqa: E731
-    py = lambda v: top + h * (hi - v) / (hi - lo)  # noqa: E731
-
-    task, models = rows[0]["task"], sorted({r["model"] for r in rows})
-    metric = "/".join(sorted({r["metric_name"] for r in rows}))
-    out = [f'<text x="{left}" y="{y0 + 18}" class="title">{escape(task)}</text>',
-           f'<text x="{left + w}" y="{y0 + 18}" class="small" text-anchor="end">'
-           f'{escape(", ".join(models))}</text>',
-           f'<rect x="{left}" y="{top}" width="{w}" height="{h}" class="frame"/>']
-    for d in range(dmin, dmax + 1):
-        x = px(10 ** d)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + h}" class="grid"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + h + 16}" class="small" text-anchor="middle">'
-                   f'{short(10 ** d)}</text>')
-    for v in nice_ticks(lo, hi):
-        y = py(v)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" class="grid"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="small" text-anchor="end">'
-                   f'{v:g}</text>')
-    out.append(f'<text x="{left + w / 2}" y="{y0 + PANEL_H - 8}" class="small" '
-               f'text-anchor="middle">trainable parameters (log scale)</text>')
-    out.append(f'<text transform="translate({x0 + 14},{top + h / 2}) rotate(-90)" class="small" '
-               f'text-anchor="middle">dev {escape(metric)}</text>')
-
-    for r in lines:
-        y = py(r["mean"])
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" '
-                   f'stroke="{colour[r["method"]]}" class="baseline">'
-                   f'<title>{escape(tooltip(r))}</title></line>')
-    for method in dict.fromkeys(r["method"] for r in points):
-        mine = sorted((r for r in points if r["method"] == method), key=lambda r: r["trainable"])
-        c = colour[method]
-        if len(mine) > 1:
-            path = " ".join(f'{px(r["trainable"]):.1f},{py(r["mean"]):.1f}' for r in mine)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{c}" stroke-width="1.2"/>')
-        for r in mine:
-            x = px(r["trainable"])
-            out.append(f'<line x1="{x:.1f}" y1="{py(r["mean"] - r["std"]):.1f}" x2="{x:.1f}" '
-                       f'y2="{py(r["mean"] + r["std"]):.1f}" stroke="{c}" stroke-width="1.5"/>')
-            out.append(f'<circle cx="{x:.1f}" cy="{py(r["mean"]):.1f}" r="4.5" fill="{c}">'
-                       f'<title>{escape(tooltip(r))}</title></circle>')
-    return out
-
-
-def tooltip(r):
-    return (f'{r["method"]} on {r["task"]} ({r["model"]}): dev {r["metric_name"]} '
-            f'{r["mean"]:.4f} ± {r["std"]:.4f} over {r["n_seeds"]} seed(s); '
-            f'{r["trainable"]:,} trainable; adapter {r["adapter_bytes"]:,} bytes; {r["wall_s"]} s')
-
-
-def render(rows, notes=()):
-    """The whole figure as an SVG string."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    colour = {m: COLOURS[i % len(COLOURS)] for i, m in enumerate(methods)}
-    groups = {}
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    panels = {}
     for r in rows:
-        groups.setdefault((r["task"], r["model"]), []).append(r)
-    cols = min(COLS, len(groups))
-    top = LEGEND_H + math.ceil(len(groups) / cols) * PANEL_H  # where the notes start
-    width, height = cols * PANEL_W, top + 16 * len(notes) + (6 if notes else 0)
-    body = [f'<text x="12" y="{top + 12 + 16 * i}" class="small">{escape(n)}</text>'
-            for i, n in enumerate(notes)]
-    x = 12
-    for m in methods:  # the legend, one swatch per method
-        body.append(f'<circle cx="{x + 5}" cy="18" r="5" fill="{colour[m]}"/>')
-        body.append(f'<text x="{x + 14}" y="22" class="legend">{escape(m)}</text>')
-        x += 30 + 8 * len(m)
-    for i, group in enumerate(groups.values()):
-        body += panel(group, colour, (i % cols) * PANEL_W, LEGEND_H + (i // cols) * PANEL_H)
-    style = ("text{font-family:sans-serif;fill:#222} .title{font-size:14px;font-weight:bold} "
-             ".small{font-size:11px} .legend{font-size:12px} .frame{fill:none;stroke:#888} "
-             ".grid{stroke:#e4e4e4} .baseline{stroke-width:1.5;stroke-dasharray:5 4}")
-    return "\n".join([f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-                      f'viewBox="0 0 {width} {height}">', f"<style>{style}</style>",
-                      f'<rect width="{width}" height="{height}" fill="white"/>', *body, "</svg>",
-                      ""])
+        panels.setdefault((r["task"], r["model"]), []).append(r)
+    cols = min(3, len(panels))
+    fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, squeeze=False,
+                             figsize=(4 * cols, 3 * math.ceil(len(panels) / cols) + 0.4))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((task, model), mine) in zip(axes.flat, panels.items()):
+        for method in dict.fromkeys(r["method"] for r in mine):
+            pts = sorted((r for r in mine if r["method"] == method), key=lambda r: r["trainable"])
+            if pts[0]["trainable"] <= 0:  # no parameters: a baseline across the panel
+                ax.axhline(pts[0]["mean"], color=colour[method], ls="--", gid=f"{task}/{method}")
+                continue
+            ax.errorbar([r["trainable"] for r in pts], [r["mean"] for r in pts],
+                        yerr=[r["std"] for r in pts], fmt="o-", color=colour[method], capsize=3,
+                        gid=f"{task}/{method}")
+        ax.set_xscale("log")
+        ax.set_title(task, loc="left", fontweight="bold")
+        ax.set_title(model, loc="right", fontsize=9)
+        ax.set_xlabel("trainable parameters (log scale)")
+        ax.set_ylabel("dev " + "/".join(sorted({r["metric_name"] for r in mine})))
+        ax.grid(alpha=0.3)
+    flat = {r["method"] for r in rows if r["trainable"] <= 0}
+    fig.legend([plt.Line2D([], [], color=colour[m], **({"ls": "--"} if m in flat else
+                                                       {"marker": "o"})) for m in methods], methods,
+               loc="upper center", ncol=len(methods), frameon=False)
+    for i, note in enumerate(notes):  # how the numbers were measured, under the panels
+        fig.text(0.01, 0.01 + 0.03 * (len(notes) - 1 - i), note, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 * len(notes), 1, 0.93))
+    fig.savefig(path, metadata={"Date": None})
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -172,14 +103,15 @@ def main(argv=None):
     p.add_argument("--output", default=os.path.join(HERE, "results.svg"))
     args = p.parse_args(argv)
     try:
-        svg = render(*load(args.input))
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit("error: the figure needs matplotlib: pip install matplotlib")
+    try:
+        rows, notes = load(args.input)
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(svg)
-    os.replace(tmp, args.output)
+    draw(rows, notes, args.output)
     print(f"wrote {args.output}")
     return 0
 
