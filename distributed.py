@@ -59,7 +59,7 @@ class Torchrun(World):
         self.rank, self.size, self.device = dist.get_rank(), dist.get_world_size(), device
 
     def share(self, b):
-        """This process's rows of batch b (whose tensors are all (B, ...)): rank, rank + size, ..."""
+        """This process's rows of batch b: rank, rank + size, ... (b's tensors are all (B, ...))"""
         return {k: v[self.rank::self.size] for k, v in b.items()}
 
     def shares(self, batches):
