@@ -1,5 +1,5 @@
 """GLUE tasks as label-word classification for a frozen causal LM: templates, loading (the files
-themselves are read by glue_files.py), a run's splits, batching, metrics.
+themselves are read by glue_files.py), a run's splits, batching. metrics.py scores them.
 
 Follows the verbaliser framing of LOPA's GLUE experiments (Jain et al., NeurIPS 2024), adapted
 to a causal LM: the filled template ends where the label word would come, and the LM's next-token
@@ -11,11 +11,9 @@ logits for the label words at the last real token are the class scores.
     # b["ids"], b["lengths"], ...
     for b in batches(ids, [y for _, y in rows], 16, shuffle=True): ...
 """
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -23,7 +21,7 @@ from common import UserError
 from glue_files import read_parquet, read_tsv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.path.join(HERE, "assets", "glue")
+DATA_DIR = os.path.join(HERE, "assets", "glue")  # the bundled files (glue_files.check_sha256)
 CPU_TRAIN_EXAMPLES = 2000  # train.py's default subset on a CPU: README, "Choosing the CPU budget"
 
 
@@ -159,20 +157,6 @@ def choose_rows(args, device):
     return [train_rows[i] for i in order[:n_train].tolist()], dev_rows, split
 
 
-def check_sha256(data_dir=DATA_DIR):
-    """Check every bundled file against the sha256 in its SOURCE.md table; return those checked."""
-    checked = []
-    for source in sorted(Path(data_dir).glob("*/SOURCE.md")):
-        for name, want in re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$",
-                                     source.read_text("utf-8"), re.M):
-            path = source.parent / name
-            if (got := hashlib.sha256(path.read_bytes()).hexdigest()) != want:
-                raise UserError(f"{path}: sha256 {got[:12]}... is not {want[:12]}... as SOURCE.md "
-                                f"says: the file was changed (git checkout restores it)")
-            checked.append(str(path))
-    return checked
-
-
 # ----------------------------------------------------------------------------- tokens
 
 def clean(text):
@@ -267,42 +251,3 @@ def batches(examples_ids, labels, batch_size, shuffle, generator=None):
             ids[row, :lens[row]] = torch.tensor(examples_ids[i], dtype=torch.long)
         yield {"ids": ids, "lengths": lens,
                "labels": torch.tensor([labels[i] for i in index.tolist()]), "index": index}
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def as_pair(preds, labels):
-    p, y = torch.as_tensor(preds).cpu().view(-1), torch.as_tensor(labels).cpu().view(-1)
-    if p.shape != y.shape:
-        raise ValueError(f"{len(p)} predictions for {len(y)} labels")
-    return p, y
-
-
-def confusion(preds, labels):
-    """(tp, tn, fp, fn) of a binary task, class 1 positive."""
-    p, y = (t == 1 for t in as_pair(preds, labels))
-    return [(a & b).sum().item() for a, b in ((p, y), (~p, ~y), (p, ~y), (~p, y))]
-
-
-def accuracy(preds, labels):
-    p, y = as_pair(preds, labels)
-    return (p == y).float().mean().item() if len(y) else 0.0
-
-
-def f1(preds, labels):
-    """F1 of the positive class 1 (GLUE's MRPC and QQP metric); 0 when there is no true positive."""
-    tp, _, fp, fn = confusion(preds, labels)
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def matthews(preds, labels):
-    """Matthews correlation of a binary task (GLUE's CoLA metric); 0 when undefined."""
-    tp, tn, fp, fn = confusion(preds, labels)
-    denom = float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
-    return (tp * tn - fp * fn) / denom if denom else 0.0
-
-
-def score(task, preds, labels):
-    """{"metric": the task's main metric, <its name>: same, "acc": accuracy}."""
-    main = {"acc": accuracy, "f1": f1, "mcc": matthews}[task.metric](preds, labels)
-    return {"metric": main, task.metric: main, "acc": accuracy(preds, labels)}

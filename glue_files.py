@@ -1,7 +1,11 @@
 """Reading GLUE's files into rows [(texts, label id), ...]: the bundled TSVs in assets/glue, and the
 hub's parquet files for the tasks not bundled. data.load_split chooses the file; these read it, and
-name the file and line of anything malformed.
+name the file and line of anything malformed. check_sha256 checks the bundled files.
 """
+import hashlib
+import re
+from pathlib import Path
+
 from common import UserError
 
 HUB_REPO = "nyu-mll/glue"  # Hugging Face dataset repo with GLUE as parquet, for tasks not bundled
@@ -75,3 +79,17 @@ def read_parquet(task, split, name):
                             f"{lowest}..{len(task.labels) - 1}")
     return [(tuple(table[c][i] or "" for c in task.text_cols), int(y))
             for i, y in enumerate(table["label"])]
+
+
+def check_sha256(data_dir):
+    """Check every bundled file against the sha256 in its SOURCE.md table; return those checked."""
+    checked = []
+    for source in sorted(Path(data_dir).glob("*/SOURCE.md")):
+        for name, want in re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$",
+                                     source.read_text("utf-8"), re.M):
+            path = source.parent / name
+            if (got := hashlib.sha256(path.read_bytes()).hexdigest()) != want:
+                raise UserError(f"{path}: sha256 {got[:12]}... is not {want[:12]}... as SOURCE.md "
+                                f"says: the file was changed (git checkout restores it)")
+            checked.append(str(path))
+    return checked

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import data
 import distributed
+import metrics
 from adapters import save_adapter, trains_encoder
 from checkpoints import (check_out_folder, identify_run, save_checkpoint, start_or_resume,
                          stop_on_ctrl_c)
@@ -130,7 +131,7 @@ def evaluate(task, tuner, split, label_ids, device, batch_size, world=distribute
     h = per_example(hidden, split, device, batch_size, split.name, world)
     tuner.train()
     preds = label_logits(tuner.model, h, label_ids).argmax(-1).tolist()
-    return data.score(task, preds, split.labels)
+    return metrics.score(task, preds, split.labels)
 
 
 def batch_loss(run, b):
@@ -254,7 +255,7 @@ def zero_shot(run, model, batch_size):
                         run.device, batch_size, "zero-shot", run.world)
     if state["zero_shot"] is None:
         preds = label_logits(model, dev_h, run.label_ids).argmax(-1).tolist()
-        state["zero_shot"] = data.score(task, preds, run.dev.labels)
+        state["zero_shot"] = metrics.score(task, preds, run.dev.labels)
     print(f"zero-shot {run.dev.name} {task.metric} {state['zero_shot']['metric']:.4f} "
           f"(template alone, no prompt)")
     return dev_h

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import metrics  # noqa: E402
 from adapters import load_with_model  # noqa: E402
 from common import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
 from lopa import LOPA, InstanceTuner, label_logits, last_hidden  # noqa: E402
@@ -48,7 +49,7 @@ def diagnose(tuner, model, task, dev, label_ids, device, batch_size=32):
                  name)                                                                 # (N, d)
         preds = label_logits(model, h, label_ids).argmax(-1).tolist()
         real = real or preds
-        out[name] = {"metric": data.score(task, preds, dev.labels)["metric"],
+        out[name] = {"metric": metrics.score(task, preds, dev.labels)["metric"],
                      "changed": sum(p != q for p, q in zip(preds, real))}
     return out
 

@@ -11,6 +11,8 @@ import torch
 from tokenizers import Tokenizer
 
 import data
+import glue_files
+import metrics
 from data import TASKS, UserError
 from loading import GPT2_TOKENIZER
 
@@ -60,7 +62,7 @@ def test_counts_and_label_balance_match_source(task, split):
 
 
 def test_sha256_matches_source():
-    checked = data.check_sha256()
+    checked = glue_files.check_sha256(data.DATA_DIR)
     assert len(checked) == 17  # sst2 3, mrpc 6, rte 3, cola 3, qnli 2
 
 
@@ -69,7 +71,7 @@ def test_sha256_catches_a_changed_file(tmp_path):
     with open(tmp_path / "sst2" / "dev.tsv", "ab") as f:
         f.write(b"x")
     with pytest.raises(UserError, match="dev.tsv: sha256"):
-        data.check_sha256(str(tmp_path))
+        glue_files.check_sha256(str(tmp_path))
 
 
 def test_quotes_bom_and_missing_final_newline():
@@ -293,14 +295,14 @@ def test_bucketing_reduces_padding():
 
 def test_metrics_against_hand_computed_values():
     preds, labels = [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]  # tp 2, tn 2, fp 1, fn 1
-    assert data.accuracy(preds, labels) == pytest.approx(4 / 6)
-    assert data.f1(preds, labels) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
-    assert data.matthews(preds, labels) == pytest.approx((2 * 2 - 1 * 1) / (3 * 3 * 3 * 3) ** 0.5)
-    assert data.matthews([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-1.0)
-    assert data.matthews([1, 1, 1], [1, 0, 1]) == 0.0  # undefined (no predicted negatives) -> 0
-    assert data.f1([0, 0], [1, 1]) == 0.0
-    assert data.accuracy(torch.tensor([2, 1, 0]), torch.tensor([2, 0, 0])) == pytest.approx(2 / 3)  # 3-way (MNLI)
-    assert data.score(TASKS["cola"], preds, labels) == {"metric": pytest.approx(1 / 3), "mcc": pytest.approx(1 / 3),
+    assert metrics.accuracy(preds, labels) == pytest.approx(4 / 6)
+    assert metrics.f1(preds, labels) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert metrics.matthews(preds, labels) == pytest.approx((2 * 2 - 1 * 1) / (3 * 3 * 3 * 3) ** 0.5)
+    assert metrics.matthews([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-1.0)
+    assert metrics.matthews([1, 1, 1], [1, 0, 1]) == 0.0  # undefined (no predicted negatives) -> 0
+    assert metrics.f1([0, 0], [1, 1]) == 0.0
+    assert metrics.accuracy(torch.tensor([2, 1, 0]), torch.tensor([2, 0, 0])) == pytest.approx(2 / 3)  # 3-way (MNLI)
+    assert metrics.score(TASKS["cola"], preds, labels) == {"metric": pytest.approx(1 / 3), "mcc": pytest.approx(1 / 3),
                                                         "acc": pytest.approx(4 / 6)}
-    assert data.score(TASKS["mrpc"], preds, labels)["metric"] == pytest.approx(2 / 3)
-    assert data.score(TASKS["sst2"], preds, labels) == {"metric": pytest.approx(4 / 6), "acc": pytest.approx(4 / 6)}
+    assert metrics.score(TASKS["mrpc"], preds, labels)["metric"] == pytest.approx(2 / 3)
+    assert metrics.score(TASKS["sst2"], preds, labels) == {"metric": pytest.approx(4 / 6), "acc": pytest.approx(4 / 6)}

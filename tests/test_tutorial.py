@@ -111,9 +111,9 @@ def contiguous_in(quote, source):
 def test_quotes_of_the_code_are_verbatim():
     quotes = [(code, marker[2]) for lang, code, _, marker in blocks() if marker and marker[1] == "quote"]
     assert len(quotes) >= 5
-    for code, name in quotes:
+    for quoted, name in quotes:
         with open(os.path.join(ROOT, name), encoding="utf-8") as f:
-            assert contiguous_in(code, f.read()), f"tutorial.md quotes lines that {name} no longer has:\n{code}"
+            assert contiguous_in(quoted, f.read()), f"tutorial.md quotes lines that {name} no longer has:\n{quoted}"
     assert not contiguous_in("x = 1\ny = 2", "x = 1\nz = 3\ny = 2")
 
 
@@ -169,9 +169,9 @@ def test_exercises_say_what_they_need_and_take_show_and_link_their_solution():
 
 def inline_code(text):
     """Inline `code` spans outside fenced blocks, and the lines of bash blocks."""
-    for lang, code, *_ in blocks(text):
+    for lang, block, *_ in blocks(text):
         if lang == "bash":
-            yield from code.splitlines()
+            yield from block.splitlines()
     yield from re.findall(r"`([^`\n]+)`", FENCE.sub("", text))
 
 
