@@ -42,7 +42,8 @@ def diagnose(tuner, model, task, dev, label_ids, device, batch_size=32):
         t_mean = t.mean(0).view(1, tuner.config.m, -1)                       # (N, m d) -> (1, m, d)
         ways["mean_gate"] = lambda index: tuner.combine(t_mean.expand(len(index), -1, -1))
         out["term"] = {"mean": t.mean().item(), "std_across_examples": t.std(0).mean().item(),
-                       "min": t.min().item(), "max": t.max().item()}
+                       "min": t.min().item(), "max": t.max().item(),
+                       "near_0_or_1": ((t < 0.01) | (t > 0.99)).float().mean().item()}
     real = None
     for name, prompt_of in ways.items():
         h = each(lambda ids, lengths, index: last_hidden(model, ids, lengths, prompt_of(index)),
@@ -84,7 +85,8 @@ def report(out, task, split):
         t = out["term"]
         lines.append(f"instance term (σ(Z_I), or Z_I for add): mean {t['mean']:.3f}, std across "
                      f"examples {t['std_across_examples']:.4f} (mean over entries), "
-                     f"range [{t['min']:.3f}, {t['max']:.3f}]")
+                     f"range [{t['min']:.3f}, {t['max']:.3f}], "
+                     f"{100 * t['near_0_or_1']:.0f}% of entries below 0.01 or above 0.99")
     share = out["mean_e"]["changed"] / n
     verdict = ("the input-dependent part is hardly used: this adapter acts as prompt tuning"
                if share < 0.01 else "the input-dependent part is in use")

@@ -53,9 +53,11 @@ def test_the_ablations_see_an_instance_part_only_where_there_is_one(tiny_gpt2, t
     if strength == 0:
         assert out["mean_e"]["changed"] == out["mean_gate"]["changed"] == 0
         assert out["term"]["std_across_examples"] == 0 and out["term"]["mean"] == 0.5
+        assert out["term"]["near_0_or_1"] == 0  # every entry at σ(0) = 0.5
     else:
         assert out["mean_e"]["changed"] > 10 and out["mean_gate"]["changed"] > 10
         assert out["term"]["std_across_examples"] > 0.1
+        assert out["term"]["near_0_or_1"] > 0.5  # a large Z_I: the gate is mostly shut or open
         assert out["e"]["saturated"] > 0.5  # weights of std 3 on e: tanh at ±1 almost everywhere
 
 
