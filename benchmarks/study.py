@@ -178,7 +178,8 @@ def markdown(out):
             ds = list(r["diagnose"].values())
             delta = statistics.mean(d["mean_e"]["metric"] - d["real"]["metric"] for d in ds)
             changed = statistics.mean(d["mean_e"]["changed"] for d in ds)
-            diag = f"{100 * delta:+.2f}, {changed:.0f} of {ds[0]['n']} ({len(ds)} seeds)"
+            seeds_n = f"{len(ds)} seed" + "s" * (len(ds) > 1)
+            diag = f"{100 * delta:+.2f}, {changed:.0f} of {ds[0]['n']} ({seeds_n})"
         lines.append(f"| {r['arm']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {seeds} | "
                      f"{interval(r['minus_prompt']) if 'minus_prompt' in r else '-'} | "
                      f"{interval(r['minus_lopa']) if 'minus_lopa' in r else '-'} | {diag} | "
