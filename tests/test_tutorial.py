@@ -130,7 +130,7 @@ def test_sections_mirror_the_code():
     titles = re.findall(r"^## (\d)\. (.+)$", read(), re.M)
     assert titles == [("1", "GPT-2 in a page"), ("2", "Prompt tuning"), ("3", "LOPA"),
                       ("4", "Classification with label words"), ("5", "The training loop"),
-                      ("6", "Results you can reproduce"), ("7", "One frozen model, many tasks, one batch"),
+                      ("6", "Does prompt tuning strike back here?"), ("7", "One frozen model, many tasks, one batch"),
                       ("8", "Exercises")]
 
 
