@@ -79,6 +79,8 @@ def has_encoder(arm):
 
 def write_record(args, arm, seed, info):
     os.makedirs(args.records, exist_ok=True)
+    if os.path.isabs(info["command"][-2]):  # --out: a committed record names no local path
+        info["command"][-2] = os.path.join("runs", "study", name(args, arm, seed))
     text = json.dumps(info, indent=1) + "\n"
     atomic_write(record(args, arm, seed), lambda p: write_text(p, text))
 
@@ -207,7 +209,8 @@ def main():
     if unknown := [a for a in arms if a not in ARMS]:
         sys.exit(f"error: unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
     if not args.report:
-        threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+        # OMP_NUM_THREADS, when set, wins: e.g. two studies side by side at 1 thread each
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: early runs pair up
         with ThreadPoolExecutor(args.jobs) as pool:

@@ -113,7 +113,15 @@ def test_results_py_picks_lr_on_the_held_out_slice_reuses_runs_and_keeps_other_r
             "out of train |") in md
 
     quiet(results.main)                                 # again: every run is reused, none retrained
-    assert len(calls) == 5 and json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+    n = len(calls)
+    assert n == len(results.GRID["lopa"]) + 2
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+
+    monkeypatch.setattr(sys, "argv", argv[:-2] + ["--runs", str(tmp_path / "only"), "--select",
+                                                  "only"])
+    assert f"\"lr\": {best}" in quiet(results.main)[1]  # only the grid: no seed runs, no table
+    assert calls[n:] == [(0, lr, 500) for lr in results.GRID["lopa"]]
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
 
     monkeypatch.setattr(results.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 2, stderr="epoch 1/2: 10%\rerror: loss became nan at step 3\n"))

@@ -61,6 +61,8 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     study.main()                                                       # continues: resumes lopa 0
     assert calls.count(("lopa", 0, True)) == 1 and len(calls) == 7    # 6 runs, one of them in 2 parts
     assert len(os.listdir(tmp_path / "records")) == 6
+    for r in os.listdir(tmp_path / "records"):                         # committed: no local path
+        assert str(tmp_path) not in (tmp_path / "records" / r).read_text()
     out = json.loads((tmp_path / "study.json").read_text())
     lopa = next(r for r in out["rows"] if r["arm"] == "lopa")
     assert lopa["mean"] == pytest.approx(0.86) and lopa["minus_prompt"]["mean"] == pytest.approx(0.05)
