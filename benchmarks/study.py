@@ -210,7 +210,8 @@ def main():
         sys.exit(f"error: unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
     if not args.report:
         # OMP_NUM_THREADS, when set, wins: e.g. two studies side by side at 1 thread each
-        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
+        threads = (os.environ.get("OMP_NUM_THREADS")
+                   or str(max(1, (os.cpu_count() or 1) // args.jobs)))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         todo = [(arm, s) for s in seeds for arm in arms]  # seed-major: early runs pair up
         with ThreadPoolExecutor(args.jobs) as pool:
