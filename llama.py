@@ -96,13 +96,18 @@ class Attention(nn.Module):
         k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
         return q, k, v
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, at=None):
         q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
-        # Causal masking is enough: batches are right-padded, as in model.py's GPT.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, nh, T, hs)
-        return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T, d)
+        if at is None:
+            # Causal masking is enough: batches are right-padded, as in model.py's GPT.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
+        else:  # one query per row, at its position `at` (B,): model.py's GPT.forward
+            q = q[torch.arange(x.size(0)), :, at][:, :, None]              # (B, nh, 1, hs)
+            mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)    # (B, nh, 1, hs)
+        return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T|1, d)
 
-    def with_prefix(self, x, prefix, rope, rope_prefix):
+    def with_prefix(self, x, prefix, rope, rope_prefix, at=None):
         """As model.py's: x (B, T, C) behind a prefix (1, m, C) that every row shares, computed
         once. rope, rope_prefix: (cos, sin) at the rows' positions m.. and the prefix's 0..m-1."""
         (q, k, v), (qp, kp, vp) = self.heads(x, *rope), self.heads(prefix, *rope_prefix)
@@ -111,7 +116,9 @@ class Attention(nn.Module):
         k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T, hs)
+        if at is not None:  # as forward: only row b's token at[b]
+            q, mask = q[torch.arange(B), :, at][:, :, None], mask[at][:, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T|1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2)), self.o_proj(yp.transpose(1, 2).flatten(2))
 
 
@@ -134,15 +141,20 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin):  # pre-norm residual block
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, at=None):  # pre-norm residual block; at: see Llama.forward
+        x = pick(x, at) + self.self_attn(self.input_layernorm(x), cos, sin, at)  # (B, T|1, d)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def with_prefix(self, x, prefix, rope, rope_prefix):  # (x, a shared prefix): Llama.forward
+    def with_prefix(self, x, prefix, rope, rope_prefix, at=None):  # (x, a shared prefix)
         norm, norm_2 = self.input_layernorm, self.post_attention_layernorm
-        a, a_prefix = self.self_attn.with_prefix(norm(x), norm(prefix), rope, rope_prefix)
-        x, prefix = x + a, prefix + a_prefix
+        a, a_prefix = self.self_attn.with_prefix(norm(x), norm(prefix), rope, rope_prefix, at)
+        x, prefix = pick(x, at) + a, prefix + a_prefix
         return x + self.mlp(norm_2(x)), prefix + self.mlp(norm_2(prefix))
+
+
+def pick(x, at):
+    """(B, T, d) -> (B, 1, d): row b at position at[b]; all of x when at is None."""
+    return x if at is None else x[torch.arange(x.size(0)), at][:, None]
 
 
 class Llama(nn.Module):
@@ -168,11 +180,13 @@ class Llama(nn.Module):
     def embed(self, ids):
         return self.model.embed_tokens(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def forward(self, ids=None, *, embeds=None, prefix=None, return_hidden=False):
+    def forward(self, ids=None, *, embeds=None, prefix=None, at=None, return_hidden=False):
         """prefix (m, d): a soft prompt in front of every row, the same for all, computed once
-        (model.py's GPT.forward); the output covers the rows' own positions only."""
+        (model.py's GPT.forward); the output covers the rows' own positions only. at (B,): read
+        row b only at position at[b]; the last block computes only there (GPT.forward)."""
         x = self.embed(ids) if embeds is None else embeds                   # (B, T, d)
         m = 0 if prefix is None else prefix.size(0)
+        prefix = None if prefix is None else prefix[None]                   # (1, m, d)
         T, hs = m + x.size(1), self.config.n_embd // self.config.n_head
         if T > self.config.n_positions:
             raise UserError(f"sequence of {T} tokens is longer than the model's "
@@ -184,12 +198,12 @@ class Llama(nn.Module):
         # (T, hs)
         angles = torch.outer(torch.arange(T, device=x.device).float(), inv_freq).repeat(1, 2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        if prefix is None:
-            for block in self.model.layers:
-                x = block(x, cos, sin)
-        else:
-            p = prefix[None]                                                # (1, m, d)
-            for block in self.model.layers:
-                x, p = block.with_prefix(x, p, (cos[m:], sin[m:]), (cos[:m], sin[:m]))
-        x = self.model.norm(x)                                              # (B, T, d)
-        return x if return_hidden else self.lm_head(x)                      # (B, T, vocab_size)
+        rope, rope_prefix = (cos[m:], sin[m:]), (cos[:m], sin[:m])
+        for block in self.model.layers:
+            read = at if block is self.model.layers[-1] else None           # the last block reads
+            if prefix is None:
+                x = block(x, cos, sin, read)
+            else:
+                x, prefix = block.with_prefix(x, prefix, rope, rope_prefix, read)
+        x = self.model.norm(x if at is None else x[:, 0])                   # (B, T, d) or (B, d)
+        return x if return_hidden else self.lm_head(x)                      # (B, [T,] vocab_size)

@@ -34,13 +34,11 @@ def last_hidden(model, ids, lengths, prompt=None):
     """Final hidden state at each row's last real token, behind an optional soft prompt: one per
     row (B, m, d), or one for all (m, d), which the model then computes once, not B times.
     Batches are right-padded, so that token sits at m + lengths - 1, never at position -1."""
-    if prompt is None or prompt.dim() == 2:  # the output covers the rows' own positions
-        h, m = model(ids, prefix=prompt, return_hidden=True), 0       # (B, T, d)
-    else:
-        x = model.embed(ids)                                          # (B, T, d)
-        x = torch.cat([prompt.to(x.dtype), x], dim=1)                 # (B, m + T, d)
-        h, m = model(embeds=x, return_hidden=True), prompt.size(1)    # (B, m + T, d)
-    return h[torch.arange(h.size(0), device=h.device), m + lengths - 1]  # (B, d)
+    if prompt is None or prompt.dim() == 2:  # positions count the rows' own tokens only
+        return model(ids, prefix=prompt, at=lengths - 1, return_hidden=True)      # (B, d)
+    x = model.embed(ids)                                              # (B, T, d)
+    x = torch.cat([prompt.to(x.dtype), x], dim=1)                     # (B, m + T, d)
+    return model(embeds=x, at=prompt.size(1) + lengths - 1, return_hidden=True)  # (B, d)
 
 
 def label_logits(model, hidden, label_ids):

@@ -6,6 +6,7 @@ module names of Hugging Face's GPT2LMHeadModel, so a checkpoint loads key for ke
     model, tokenizer = load_model("gpt2")           # hub id, local folder, .gguf file or "smollm2"
     logits = model(ids)                             # (B, T) LongTensor -> (B, T, vocab_size)
     hidden = model(embeds=x, return_hidden=True)    # (B, T, d) embeddings in -> (B, T, d) out
+    last = model(ids, at=lengths - 1, return_hidden=True)  # (B, d): one position per row
 
 Every model in this project (GPT-2 here, the Llama family in llama.py) offers that same interface:
 `config.n_embd`, `config.vocab_size`, `config.n_positions`, `embed(ids)`, `forward(...)`, and
@@ -53,14 +54,19 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)                       # 3 x (B, T, C)
         return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
-    def forward(self, x):
+    def forward(self, x, at=None):
         q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
-        # Causal masking alone is enough in this project: batches are right-padded, so a real token
-        # never attends to a pad, and the pads' own outputs are never read.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
-        return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T, C)
+        if at is None:
+            # Causal masking alone is enough in this project: batches are right-padded, so a real
+            # token never attends to a pad, and the pads' own outputs are never read.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
+        else:  # one query per row, at its position `at` (B,), seeing the keys up to it
+            q = q[torch.arange(x.size(0)), :, at][:, :, None]          # (B, nh, 1, hs)
+            mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, 1, hs)
+        return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T|1, C)
 
-    def with_prefix(self, x, prefix):
+    def with_prefix(self, x, prefix, at=None):
         """x (B, T, C) behind a prefix (1, m, C) that every row shares. The prefix never sees what
         follows it, so its queries, keys and values are computed once, for one row."""
         (q, k, v), (qp, kp, vp) = self.heads(x), self.heads(prefix)    # (B|1, nh, T|m, hs)
@@ -69,7 +75,9 @@ class CausalSelfAttention(nn.Module):
         k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T, hs)
+        if at is not None:  # as forward: only row b's token at[b]
+            q, mask = q[torch.arange(B), :, at][:, :, None], mask[at][:, None, None]  # (B,nh|1,1,.)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T|1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2)), self.c_proj(yp.transpose(1, 2).flatten(2))
 
 
@@ -91,14 +99,19 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):  # pre-LayerNorm residual block
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, at=None):  # pre-LayerNorm residual block; at: see GPT.forward
+        x = pick(x, at) + self.attn(self.ln_1(x), at)                 # (B, T|1, C)
         return x + self.mlp(self.ln_2(x))
 
-    def with_prefix(self, x, prefix):  # the same for (x, a prefix every row shares): model.forward
-        a, a_prefix = self.attn.with_prefix(self.ln_1(x), self.ln_1(prefix))
-        x, prefix = x + a, prefix + a_prefix
+    def with_prefix(self, x, prefix, at=None):  # the same for (x, a prefix every row shares)
+        a, a_prefix = self.attn.with_prefix(self.ln_1(x), self.ln_1(prefix), at)
+        x, prefix = pick(x, at) + a, prefix + a_prefix
         return x + self.mlp(self.ln_2(x)), prefix + self.mlp(self.ln_2(prefix))
+
+
+def pick(x, at):
+    """(B, T, C) -> (B, 1, C): row b at position at[b]; all of x when at is None."""
+    return x if at is None else x[torch.arange(x.size(0)), at][:, None]
 
 
 class GPT(nn.Module):
@@ -130,9 +143,12 @@ class GPT(nn.Module):
     def embed(self, ids):
         return self.transformer.wte(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def forward(self, ids=None, *, embeds=None, prefix=None, return_hidden=False):
+    def forward(self, ids=None, *, embeds=None, prefix=None, at=None, return_hidden=False):
         """prefix (m, d): a soft prompt in front of every row, the same for all (prompt tuning's).
-        It is computed once, not B times, and the output covers the rows' own positions only."""
+        It is computed once, not B times, and the output covers the rows' own positions only.
+        at (B,): read row b only at position at[b] (its last real token, say), so the last block
+        computes the query, attention and MLP there alone (its keys and values still cover every
+        position): the output is then (B, d), or (B, vocab_size)."""
         x = self.embed(ids) if embeds is None else embeds                 # (B, T, d)
         m = 0 if prefix is None else prefix.size(0)
         if m + x.size(1) > self.config.n_positions:
@@ -142,9 +158,10 @@ class GPT(nn.Module):
         x = x + pos[m:]                                                   # (B, T, d)
         p = None if prefix is None else (prefix + pos[:m])[None]          # (1, m, d)
         for block in self.transformer.h:
-            x, p = (block(x), None) if p is None else block.with_prefix(x, p)
-        x = self.transformer.ln_f(x)                                      # (B, T, d)
-        return x if return_hidden else self.lm_head(x)                    # (B, T, vocab_size)
+            read = at if block is self.transformer.h[-1] else None        # the last block reads
+            x, p = (block(x, read), None) if p is None else block.with_prefix(x, p, read)
+        x = self.transformer.ln_f(x if at is None else x[:, 0])           # (B, T, d) or (B, d)
+        return x if return_hidden else self.lm_head(x)                    # (B, [T,] vocab_size)
 
 
 @torch.no_grad()

@@ -243,3 +243,23 @@ def test_a_prompt_every_row_shares_computed_once_equals_it_in_every_row(make):
     assert torch.allclose(once, every_row, atol=1e-5)
     assert torch.allclose(g_once, g_rows, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(once[1], last_hidden(model, ids, lengths)[1], atol=1e-2)  # z matters
+
+
+@pytest.mark.parametrize("make", [tiny, tiny_llama])
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_last_block_computed_only_where_it_is_read_changes_nothing(make, shared):
+    """model.forward(at=...) (the last block's query, attention and MLP at one position per row)
+    against the whole output read at those positions: same hidden states, same prompt gradient."""
+    model, (ids, lengths) = make(), batch()
+    z = torch.randn(5, 32, requires_grad=True)
+    if shared:                                                     # prompt tuning's prefix path
+        run, at = (lambda **kw: model(ids, prefix=z, return_hidden=True, **kw)), lengths - 1
+    else:                                                          # a prompt in front of each row
+        x = torch.cat([z.expand(ids.size(0), -1, -1), model.embed(ids)], dim=1)
+        run, at = (lambda **kw: model(embeds=x, return_hidden=True, **kw)), 5 + lengths - 1
+    whole = run()[torch.arange(ids.size(0)), at]                   # (B, d)
+    only = run(at=at)                                              # (B, d)
+    (g_whole,), (g_only,) = (torch.autograd.grad(h.square().sum(), z) for h in (whole, only))
+    assert only.shape == whole.shape and torch.allclose(only, whole, atol=1e-5)
+    assert torch.allclose(g_only, g_whole, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(only[0], only[1], atol=1e-2)         # rows read different positions
