@@ -45,6 +45,9 @@ ARMS = {  # name: (train.py flags, the question the arm answers)
                     "Z_S from N(0, 1), as the official code"),
     "lopa-encoder": (["--method", "lopa", "--encoder-lr", "1e-5"],
                      "the published NLU code's encoder: a copy of the model trained at lr 1e-5"),
+    "lopa-lr3e-3": (["--method", "lopa", "--lr", "3e-3"],
+                    "LOPA at the lr chosen on a length-matched held-out slice of train "
+                    "(results.py --select only)"),
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
