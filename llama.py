@@ -102,7 +102,8 @@ class Attention(nn.Module):
             # Causal masking is enough: batches are right-padded, as in model.py's GPT.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
         else:  # one query per row, at its position `at` (B,): model.py's GPT.forward
-            q = q[torch.arange(x.size(0)), :, at][:, :, None]              # (B, nh, 1, hs)
+            rows = torch.arange(x.size(0), device=x.device)
+            q = q[rows, :, at][:, :, None]                                # (B, nh, 1, hs)
             mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)    # (B, nh, 1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T|1, d)
@@ -117,7 +118,8 @@ class Attention(nn.Module):
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
         if at is not None:  # as forward: only row b's token at[b]
-            q, mask = q[torch.arange(B), :, at][:, :, None], mask[at][:, None, None]
+            rows = torch.arange(B, device=x.device)
+            q, mask = q[rows, :, at][:, :, None], mask[at][:, None, None]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T|1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2)), self.o_proj(yp.transpose(1, 2).flatten(2))
 
@@ -154,7 +156,7 @@ class Block(nn.Module):
 
 def pick(x, at):
     """(B, T, d) -> (B, 1, d): row b at position at[b]; all of x when at is None."""
-    return x if at is None else x[torch.arange(x.size(0)), at][:, None]
+    return x if at is None else x[torch.arange(x.size(0), device=x.device), at][:, None]
 
 
 class Llama(nn.Module):

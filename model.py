@@ -61,7 +61,8 @@ class CausalSelfAttention(nn.Module):
             # token never attends to a pad, and the pads' own outputs are never read.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
         else:  # one query per row, at its position `at` (B,), seeing the keys up to it
-            q = q[torch.arange(x.size(0)), :, at][:, :, None]          # (B, nh, 1, hs)
+            rows = torch.arange(x.size(0), device=x.device)
+            q = q[rows, :, at][:, :, None]                             # (B, nh, 1, hs)
             mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, 1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T|1, C)
@@ -76,7 +77,8 @@ class CausalSelfAttention(nn.Module):
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
         if at is not None:  # as forward: only row b's token at[b]
-            q, mask = q[torch.arange(B), :, at][:, :, None], mask[at][:, None, None]  # (B,nh|1,1,.)
+            rows = torch.arange(B, device=x.device)
+            q, mask = q[rows, :, at][:, :, None], mask[at][:, None, None]  # (B,nh|1,1,.)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T|1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2)), self.c_proj(yp.transpose(1, 2).flatten(2))
 
@@ -111,7 +113,7 @@ class Block(nn.Module):
 
 def pick(x, at):
     """(B, T, C) -> (B, 1, C): row b at position at[b]; all of x when at is None."""
-    return x if at is None else x[torch.arange(x.size(0)), at][:, None]
+    return x if at is None else x[torch.arange(x.size(0), device=x.device), at][:, None]
 
 
 class GPT(nn.Module):
