@@ -11,7 +11,8 @@ sessions; a run cut off midway continues from its checkpoint. Runs go seed by se
 so the first finished runs already pair up. Each LOPA and IDPG run is then diagnosed
 (benchmarks/diagnose.py: is the instance part used?) while its adapter is on this machine. The
 report gives each arm's mean ± std over seeds and its paired difference to prompt tuning and to
-LOPA over the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json and study.md.
+LOPA over the seeds both finished, with a 95% t-interval. Writes benchmarks/study.json and study.md
+(another task or budget: study-TASK-nN-eE.json and .md, so each setting keeps its own table).
 """
 import argparse
 import json
@@ -118,6 +119,12 @@ def diagnosis(args, arm, seed, info):
     return info.get("diagnose")
 
 
+def report_name(args):
+    """'study' for the main setting (SST-2, 2,000 examples x 2 epochs), else one name per setting."""
+    setting = (args.task, args.max_train_examples, args.epochs)
+    return "study" if setting == ("sst2", "2000", 2) else "study-{}-n{}-e{}".format(*setting)
+
+
 def paired(a, b):
     """Mean of a - b over paired seeds, with its 95% t-interval (None with fewer than 2 pairs)."""
     d = [x - y for x, y in zip(a, b)]
@@ -155,9 +162,9 @@ def report(args, arms, seeds):
            "hardware": " / ".join(sorted(machines)),
            "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
            "rows": list(rows.values())}
-    atomic_write(os.path.join(HERE, "study.json"),
-                 lambda p: write_text(p, json.dumps(out, indent=1) + "\n"))
-    atomic_write(os.path.join(HERE, "study.md"), lambda p: write_text(p, markdown(out)))
+    stem = os.path.join(HERE, report_name(args))
+    atomic_write(stem + ".json", lambda p: write_text(p, json.dumps(out, indent=1) + "\n"))
+    atomic_write(stem + ".md", lambda p: write_text(p, markdown(out)))
     print(markdown(out))
 
 

@@ -73,6 +73,10 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     n = len(calls)
     study.main()                                                       # everything is reused
     assert len(calls) == n
+    monkeypatch.setattr(sys, "argv", argv + ["--report", "--max-train-examples", "8000"])
+    study.main()                                                       # another budget: own table
+    assert len(calls) == n and (tmp_path / "study.md").read_text() == md
+    assert "8000 examples x 2 epochs" in (tmp_path / "study-sst2-n8000-e2.md").read_text()
 
 
 def test_figure_draws_every_arm(tmp_path):
