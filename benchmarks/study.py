@@ -120,7 +120,7 @@ def diagnosis(args, arm, seed, info):
 
 
 def report_name(args):
-    """"study" for the main setting (SST-2, 2,000 x 2 epochs), else one name per setting."""
+    """The name "study" for the main setting (SST-2, 2,000 x 2), else one per setting."""
     setting = (args.task, args.max_train_examples, args.epochs)
     return "study" if setting == ("sst2", "2000", 2) else "study-{}-n{}-e{}".format(*setting)
 
