@@ -102,8 +102,7 @@ class Attention(nn.Module):
             # Causal masking is enough: batches are right-padded, as in model.py's GPT.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
         else:  # one query per row, at its position `at` (B,): model.py's GPT.forward
-            rows = torch.arange(x.size(0), device=x.device)
-            q = q[rows, :, at][:, :, None]                                # (B, nh, 1, hs)
+            q = pick(q.transpose(1, 2), at).transpose(1, 2)               # (B, nh, 1, hs)
             mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)    # (B, nh, 1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T|1, d)
@@ -118,8 +117,8 @@ class Attention(nn.Module):
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
         if at is not None:  # as forward: only row b's token at[b]
-            rows = torch.arange(B, device=x.device)
-            q, mask = q[rows, :, at][:, :, None], mask[at][:, None, None]
+            q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
+            mask = mask[at][:, None, None]                             # (B, 1, 1, m + T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T|1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2)), self.o_proj(yp.transpose(1, 2).flatten(2))
 

@@ -61,8 +61,7 @@ class CausalSelfAttention(nn.Module):
             # token never attends to a pad, and the pads' own outputs are never read.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
         else:  # one query per row, at its position `at` (B,), seeing the keys up to it
-            rows = torch.arange(x.size(0), device=x.device)
-            q = q[rows, :, at][:, :, None]                             # (B, nh, 1, hs)
+            q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
             mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, 1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T|1, C)
@@ -77,8 +76,8 @@ class CausalSelfAttention(nn.Module):
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
         if at is not None:  # as forward: only row b's token at[b]
-            rows = torch.arange(B, device=x.device)
-            q, mask = q[rows, :, at][:, :, None], mask[at][:, None, None]  # (B,nh|1,1,.)
+            q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
+            mask = mask[at][:, None, None]                             # (B, 1, 1, m + T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T|1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2)), self.c_proj(yp.transpose(1, 2).flatten(2))
 

@@ -53,8 +53,12 @@ ARMS = {  # name: (train.py flags, the question the arm answers)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+def setting(args):
+    return f"{args.task}-n{args.max_train_examples}-e{args.epochs}"
+
+
 def name(args, arm, seed):
-    return f"{args.task}-n{args.max_train_examples}-e{args.epochs}-{arm}-seed{seed}"
+    return f"{setting(args)}-{arm}-seed{seed}"
 
 
 def run_folder(args, arm, seed):
@@ -121,8 +125,7 @@ def diagnosis(args, arm, seed, info):
 
 def report_name(args):
     """The name "study" for the main setting (SST-2, 2,000 x 2), else one per setting."""
-    setting = (args.task, args.max_train_examples, args.epochs)
-    return "study" if setting == ("sst2", "2000", 2) else "study-{}-n{}-e{}".format(*setting)
+    return "study" if setting(args) == "sst2-n2000-e2" else f"study-{setting(args)}"
 
 
 def paired(a, b):
