@@ -27,6 +27,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from results import hardware, run_train  # noqa: E402
 
+import data  # noqa: E402
+import metrics  # noqa: E402
 from common import atomic_write, write_text  # noqa: E402
 
 HERE = os.path.join(ROOT, "benchmarks")
@@ -138,6 +140,13 @@ def paired(a, b):
     return {"n": len(d), "mean": mean, "low": mean - half, "high": mean + half}
 
 
+def majority(task_name):
+    """The dev metric of answering every input with dev's most common label: the score to beat."""
+    labels = [label for _, label in data.load_split(task_name, "dev")]
+    most = max(set(labels), key=labels.count)
+    return metrics.score(data.get_task(task_name), [most] * len(labels), labels)["metric"]
+
+
 def report(args, arms, seeds):
     rows, machines = {}, set()
     for arm in arms:
@@ -162,7 +171,7 @@ def report(args, arms, seeds):
                                              [rows[ref]["scores"][s] for s in common])
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs"
     out = {"task": args.task, "model": args.model, "budget": budget,
-           "hardware": " / ".join(sorted(machines)),
+           "majority": majority(args.task), "hardware": " / ".join(sorted(machines)),
            "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
            "rows": list(rows.values())}
     stem = os.path.join(HERE, report_name(args))
@@ -181,7 +190,8 @@ def interval(p):
 def markdown(out):
     zero_shot = out["rows"][0]["zero_shot"] if out["rows"] else float("nan")
     lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}. "
-             f"Zero-shot (the template alone): {100 * zero_shot:.2f}.", "",
+             f"Zero-shot (the template alone): {100 * zero_shot:.2f}; majority class (dev's most "
+             f"common label for every input): {100 * out['majority']:.2f}.", "",
              "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) "
              "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed "
              "| trainable |",

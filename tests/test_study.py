@@ -19,6 +19,16 @@ def test_paired_difference_and_its_95_percent_interval():
     assert study.paired([0.9], [0.8])["low"] is None
 
 
+def test_majority_class_is_the_score_of_one_label_for_every_dev_input():
+    labels = [y for _, y in study.data.load_split("mrpc", "dev")]
+    pos = sum(labels)                                  # MRPC: most pairs are paraphrases (label 1)
+    assert pos > len(labels) / 2                       # F1 of always 1: tp = pos, fp = the rest
+    assert study.majority("mrpc") == pytest.approx(2 * pos / (2 * pos + len(labels) - pos))
+    labels = [y for _, y in study.data.load_split("sst2", "dev")]
+    assert study.majority("sst2") == pytest.approx(max(sum(labels), len(labels) - sum(labels))
+                                                   / len(labels))           # accuracy
+
+
 def fake_processes(calls, score, fail_at=None):
     """subprocess.run for train.py and diagnose.py: writes what they would, records the flags."""
     real = subprocess.run
@@ -69,6 +79,7 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     assert lopa["minus_prompt"]["low"] == pytest.approx(0.05)          # the same gain on every seed
     assert lopa["diagnose"]["0"]["mean_e"]["changed"] == 3
     md = (tmp_path / "study.md").read_text()
+    assert f"label for every input): {100 * out['majority']:.2f}." in md   # the score to beat
     assert "| lopa | 86.00 ± 1.00 | 85.00, 86.00, 87.00 | +5.00 [+5.00, +5.00] | - | -10.00, 3 of 10" in md
     n = len(calls)
     study.main()                                                       # everything is reused
