@@ -3,8 +3,8 @@
     pip install matplotlib                 # optional, for this script only
     python benchmarks/plot_study.py        # -> benchmarks/study.svg
 
-Three panels, one row per arm: dev metric per seed (dots) and mean (|), with zero-shot as a
-line; the paired difference to prompt tuning with its 95% interval; and, for the arms with an
+Three panels, one row per arm: dev metric per seed (dots) and mean (|), with zero-shot (and
+the majority class's score, where it is in range) as lines; the paired difference to prompt tuning with its 95% interval; and, for the arms with an
 encoder, how many dev predictions change when every e is replaced by the mean e.
 """
 import argparse
@@ -45,6 +45,8 @@ def draw(study, path):
     zero_shot = 100 * rows[0]["zero_shot"]
     acc.axvline(zero_shot, color="grey", ls="--", lw=1, label=f"zero-shot {zero_shot:.1f}")
     acc.set_xlim(zero_shot - 10, 95)
+    if (always := 100 * study.get("majority", {}).get("metric", 0)) > zero_shot - 10:
+        acc.axvline(always, color="#a50f15", ls=":", lw=1, label=f"majority class {always:.1f}")
     acc.legend(loc="lower right", fontsize=8)
     diff.axvline(0, color="grey", lw=1)
     acc.set_yticks(list(y), [f"{r['arm']} ({len(r['scores'])})" for r in rows])

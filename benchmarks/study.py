@@ -141,10 +141,11 @@ def paired(a, b):
 
 
 def majority(task_name):
-    """The dev metric of answering every input with dev's most common label: the score to beat."""
+    """The dev scores ({"metric", "acc", ...}) of answering every input with dev's most common
+    label: the score to beat."""
     labels = [label for _, label in data.load_split(task_name, "dev")]
     most = max(set(labels), key=labels.count)
-    return metrics.score(data.get_task(task_name), [most] * len(labels), labels)["metric"]
+    return metrics.score(data.get_task(task_name), [most] * len(labels), labels)
 
 
 def report(args, arms, seeds):
@@ -156,6 +157,7 @@ def report(args, arms, seeds):
             continue
         scores = {s: r["metrics"]["dev"]["metric"] for s, r in runs.items()}
         row = {"arm": arm, "flags": ARMS[arm][0], "question": ARMS[arm][1], "scores": scores,
+               "acc": {s: r["metrics"]["dev"]["acc"] for s, r in runs.items()},
                "mean": statistics.mean(scores.values()),
                "std": statistics.stdev(scores.values()) if len(scores) > 1 else 0.0,
                "trainable": next(iter(runs.values()))["trainable"],
@@ -170,8 +172,8 @@ def report(args, arms, seeds):
                 row[f"minus_{ref}"] = paired([row["scores"][s] for s in common],
                                              [rows[ref]["scores"][s] for s in common])
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs"
-    out = {"task": args.task, "model": args.model, "budget": budget,
-           "majority": majority(args.task), "hardware": " / ".join(sorted(machines)),
+    out = {"task": args.task, "metric": data.get_task(args.task).metric, "model": args.model,
+           "budget": budget, "majority": majority(args.task), "hardware": " / ".join(sorted(machines)),
            "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
            "rows": list(rows.values())}
     stem = os.path.join(HERE, report_name(args))
@@ -187,15 +189,29 @@ def interval(p):
     return f"{100 * p['mean']:+.2f} [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]{verdict}"
 
 
+METRIC_NAMES = {"acc": "accuracy", "f1": "F1", "mcc": "MCC"}
+
+
+def mean_std(scores):
+    """{seed: score} as "mean ± std" in points."""
+    v = [100 * x for x in scores.values()]
+    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
+
+
 def markdown(out):
+    """The table; a task scored by F1 or MCC gets an accuracy column too, since always answering
+    the common label can score well by F1 (MRPC: 81.22) but not by accuracy (68.38)."""
     zero_shot = out["rows"][0]["zero_shot"] if out["rows"] else float("nan")
+    acc, metric = out["metric"] != "acc", METRIC_NAMES[out["metric"]]
+    best = f"{100 * out['majority']['metric']:.2f}" + (
+        f" ({metric}), accuracy {100 * out['majority']['acc']:.2f}" if acc else "")
     lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}. "
              f"Zero-shot (the template alone): {100 * zero_shot:.2f}; majority class (dev's most "
-             f"common label for every input): {100 * out['majority']:.2f}.", "",
-             "| arm | dev metric, mean ± std | per seed | minus prompt (95% CI) "
+             f"common label for every input): {best}.", "",
+             f"| arm | dev {metric}, mean ± std | per seed | minus prompt (95% CI) "
              "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed "
-             "| trainable |",
-             "|---|---|---|---|---|---|---|"]
+             "| trainable |" + " dev accuracy, mean ± std |" * acc,
+             "|---|---|---|---|---|---|---|" + "---|" * acc]
     for r in out["rows"]:
         seeds = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
         diag = "-"
@@ -205,10 +221,11 @@ def markdown(out):
             changed = statistics.mean(d["mean_e"]["changed"] for d in ds)
             seeds_n = f"{len(ds)} seed" + "s" * (len(ds) > 1)
             diag = f"{100 * delta:+.2f}, {changed:.0f} of {ds[0]['n']} ({seeds_n})"
-        lines.append(f"| {r['arm']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {seeds} | "
-                     f"{interval(r['minus_prompt']) if 'minus_prompt' in r else '-'} | "
-                     f"{interval(r['minus_lopa']) if 'minus_lopa' in r else '-'} | {diag} | "
-                     f"{r['trainable']:,} |")
+        line = (f"| {r['arm']} | {mean_std(r['scores'])} | {seeds} | "
+                f"{interval(r['minus_prompt']) if 'minus_prompt' in r else '-'} | "
+                f"{interval(r['minus_lopa']) if 'minus_lopa' in r else '-'} | {diag} | "
+                f"{r['trainable']:,} |")
+        lines.append(line + f" {mean_std(r['acc'])} |" * acc)
     lines += ["", "Arms:"]
     lines += [f"- {r['arm']}: `{' '.join(r['flags'])}`: {r['question']}" for r in out["rows"]]
     lines += ["", f"Command: `{out['command']}`"]

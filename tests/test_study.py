@@ -23,10 +23,12 @@ def test_majority_class_is_the_score_of_one_label_for_every_dev_input():
     labels = [y for _, y in study.data.load_split("mrpc", "dev")]
     pos = sum(labels)                                  # MRPC: most pairs are paraphrases (label 1)
     assert pos > len(labels) / 2                       # F1 of always 1: tp = pos, fp = the rest
-    assert study.majority("mrpc") == pytest.approx(2 * pos / (2 * pos + len(labels) - pos))
+    always = study.majority("mrpc")
+    assert always["metric"] == pytest.approx(2 * pos / (2 * pos + len(labels) - pos))
+    assert always["acc"] == pytest.approx(pos / len(labels))
     labels = [y for _, y in study.data.load_split("sst2", "dev")]
-    assert study.majority("sst2") == pytest.approx(max(sum(labels), len(labels) - sum(labels))
-                                                   / len(labels))           # accuracy
+    most = max(sum(labels), len(labels) - sum(labels))
+    assert study.majority("sst2")["metric"] == pytest.approx(most / len(labels))  # accuracy
 
 
 def fake_processes(calls, score, fail_at=None):
@@ -48,7 +50,8 @@ def fake_processes(calls, score, fail_at=None):
             open(os.path.join(flag["--out"], "checkpoint.json"), "w").write("{}")
             return subprocess.CompletedProcess(cmd, 130, stderr="interrupted\n")
         with open(os.path.join(flag["--out"], "adapter.json"), "w") as f:
-            json.dump({"metrics": {"dev": {"metric": score(flag)}, "zero_shot": {"metric": 0.5}},
+            json.dump({"metrics": {"dev": {"metric": score(flag), "acc": 0.5},
+                                   "zero_shot": {"metric": 0.5}},
                        "trainable": 7}, f)
         open(os.path.join(flag["--out"], "adapter.safetensors"), "wb").write(bytes(8))
         return subprocess.CompletedProcess(cmd, 0, stderr="")
@@ -79,7 +82,7 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     assert lopa["minus_prompt"]["low"] == pytest.approx(0.05)          # the same gain on every seed
     assert lopa["diagnose"]["0"]["mean_e"]["changed"] == 3
     md = (tmp_path / "study.md").read_text()
-    assert f"label for every input): {100 * out['majority']:.2f}." in md   # the score to beat
+    assert f"label for every input): {100 * out['majority']['metric']:.2f}." in md   # the score to beat
     assert "| lopa | 86.00 ± 1.00 | 85.00, 86.00, 87.00 | +5.00 [+5.00, +5.00] | - | -10.00, 3 of 10" in md
     n = len(calls)
     study.main()                                                       # everything is reused
@@ -88,6 +91,20 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     study.main()                                                       # another budget: own table
     assert len(calls) == n and (tmp_path / "study.md").read_text() == md
     assert "8000 examples x 2 epochs" in (tmp_path / "study-sst2-n8000-e2.md").read_text()
+
+
+def test_a_task_scored_by_f1_gets_an_accuracy_column():
+    row = {"arm": "lora", "flags": ["--method", "lora"], "question": "q", "trainable": 7,
+           "scores": {"0": 0.82, "1": 0.84}, "acc": {"0": 0.70, "1": 0.74}, "zero_shot": 0.66}
+    out = {"task": "mrpc", "metric": "f1", "model": "m", "budget": "b", "hardware": "h",
+           "majority": {"metric": 0.8122, "f1": 0.8122, "acc": 0.6838}, "command": "c",
+           "rows": [row]}
+    md = study.markdown(out)
+    assert "every input): 81.22 (F1), accuracy 68.38." in md
+    assert "| dev F1, mean ± std |" in md and md.count("dev accuracy") == 1
+    assert "| lora | 83.00 ± 1.41 | 82.00, 84.00 | - | - | - | 7 | 72.00 ± 2.83 |" in md
+    out["metric"], out["majority"]["metric"] = "acc", 0.6838                # scored by accuracy:
+    assert "dev accuracy" in study.markdown(out) and "72.00" not in study.markdown(out)  # no column
 
 
 def test_figure_draws_every_arm(tmp_path):
@@ -102,3 +119,7 @@ def test_figure_draws_every_arm(tmp_path):
     plot_study.draw({"task": "sst2", "model": "m", "budget": "b", "rows": rows}, str(path))
     svg = path.read_text()
     assert "prompt (2)" in svg and "lopa (2)" in svg and "of 872" in svg
+    assert "majority" not in svg
+    plot_study.draw({"task": "mrpc", "model": "m", "budget": "b", "rows": rows,
+                     "majority": {"metric": 0.8122}}, str(path))
+    assert "majority class 81.2" in path.read_text()
