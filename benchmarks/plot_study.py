@@ -4,8 +4,9 @@
     python benchmarks/plot_study.py        # -> benchmarks/study.svg
 
 Three panels, one row per arm: dev metric per seed (dots) and mean (|), with zero-shot (and
-the majority class's score, where it is in range) as lines; the paired difference to prompt tuning with its 95% interval; and, for the arms with an
-encoder, how many dev predictions change when every e is replaced by the mean e.
+the majority class's score, where it is in range) as lines; the paired difference to prompt
+tuning with its 95% interval; and, for the arms with an encoder, how many dev predictions change
+when every e is replaced by the mean e.
 """
 import argparse
 import json

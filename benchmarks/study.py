@@ -173,7 +173,8 @@ def report(args, arms, seeds):
                                              [rows[ref]["scores"][s] for s in common])
     budget = f"{args.max_train_examples} examples x {args.epochs} epochs"
     out = {"task": args.task, "metric": data.get_task(args.task).metric, "model": args.model,
-           "budget": budget, "majority": majority(args.task), "hardware": " / ".join(sorted(machines)),
+           "budget": budget, "majority": majority(args.task),
+           "hardware": " / ".join(sorted(machines)),
            "command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
            "rows": list(rows.values())}
     stem = os.path.join(HERE, report_name(args))

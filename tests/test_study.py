@@ -82,7 +82,8 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
     assert lopa["minus_prompt"]["low"] == pytest.approx(0.05)          # the same gain on every seed
     assert lopa["diagnose"]["0"]["mean_e"]["changed"] == 3
     md = (tmp_path / "study.md").read_text()
-    assert f"label for every input): {100 * out['majority']['metric']:.2f}." in md   # the score to beat
+    always = 100 * out["majority"]["metric"]                           # the score to beat
+    assert f"label for every input): {always:.2f}." in md
     assert "| lopa | 86.00 ± 1.00 | 85.00, 86.00, 87.00 | +5.00 [+5.00, +5.00] | - | -10.00, 3 of 10" in md
     n = len(calls)
     study.main()                                                       # everything is reused
