@@ -156,10 +156,10 @@ def report(args, arms, seeds):
         if not runs:
             continue
         scores = {s: r["metrics"]["dev"]["metric"] for s, r in runs.items()}
+        mean, std = mean_std(scores.values())
         row = {"arm": arm, "flags": ARMS[arm][0], "question": ARMS[arm][1], "scores": scores,
                "acc": {s: r["metrics"]["dev"]["acc"] for s, r in runs.items()},
-               "mean": statistics.mean(scores.values()),
-               "std": statistics.stdev(scores.values()) if len(scores) > 1 else 0.0,
+               "mean": mean, "std": std,
                "trainable": next(iter(runs.values()))["trainable"],
                "zero_shot": next(iter(runs.values()))["metrics"]["zero_shot"]["metric"]}
         if has_encoder(arm):
@@ -193,26 +193,30 @@ def interval(p):
 METRIC_NAMES = {"acc": "accuracy", "f1": "F1", "mcc": "MCC"}
 
 
-def mean_std(scores):
-    """{seed: score} as "mean ± std" in points."""
-    v = [100 * x for x in scores.values()]
-    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
+def mean_std(values):
+    """(mean, std) over seeds; std 0 for a single seed."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def points(mean, std):
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def markdown(out):
     """The table; a task scored by F1 or MCC gets an accuracy column too, since always answering
     the common label can score well by F1 (MRPC: 81.22) but not by accuracy (68.38)."""
     zero_shot = out["rows"][0]["zero_shot"] if out["rows"] else float("nan")
-    acc, metric = out["metric"] != "acc", METRIC_NAMES[out["metric"]]
+    acc_column, metric = out["metric"] != "acc", METRIC_NAMES[out["metric"]]
     best = f"{100 * out['majority']['metric']:.2f}" + (
-        f" ({metric}), accuracy {100 * out['majority']['acc']:.2f}" if acc else "")
+        f" ({metric}), accuracy {100 * out['majority']['acc']:.2f}" if acc_column else "")
     lines = [f"{out['task']} dev, {out['model']}, {out['budget']}; {out['hardware']}. "
              f"Zero-shot (the template alone): {100 * zero_shot:.2f}; majority class (dev's most "
              f"common label for every input): {best}.", "",
              f"| arm | dev {metric}, mean ± std | per seed | minus prompt (95% CI) "
              "| minus lopa (95% CI) | mean-e ablation: Δ metric, predictions changed "
-             "| trainable |" + " dev accuracy, mean ± std |" * acc,
-             "|---|---|---|---|---|---|---|" + "---|" * acc]
+             "| trainable |" + " dev accuracy, mean ± std |" * acc_column,
+             "|---|---|---|---|---|---|---|" + "---|" * acc_column]
     for r in out["rows"]:
         seeds = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
         diag = "-"
@@ -222,11 +226,11 @@ def markdown(out):
             changed = statistics.mean(d["mean_e"]["changed"] for d in ds)
             seeds_n = f"{len(ds)} seed" + "s" * (len(ds) > 1)
             diag = f"{100 * delta:+.2f}, {changed:.0f} of {ds[0]['n']} ({seeds_n})"
-        line = (f"| {r['arm']} | {mean_std(r['scores'])} | {seeds} | "
+        line = (f"| {r['arm']} | {points(r['mean'], r['std'])} | {seeds} | "
                 f"{interval(r['minus_prompt']) if 'minus_prompt' in r else '-'} | "
                 f"{interval(r['minus_lopa']) if 'minus_lopa' in r else '-'} | {diag} | "
                 f"{r['trainable']:,} |")
-        lines.append(line + f" {mean_std(r['acc'])} |" * acc)
+        lines.append(line + f" {points(*mean_std(r['acc'].values()))} |" * acc_column)
     lines += ["", "Arms:"]
     lines += [f"- {r['arm']}: `{' '.join(r['flags'])}`: {r['question']}" for r in out["rows"]]
     lines += ["", f"Command: `{out['command']}`"]

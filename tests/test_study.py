@@ -97,6 +97,7 @@ def test_study_records_resume_and_report(tmp_path, monkeypatch):
 def test_a_task_scored_by_f1_gets_an_accuracy_column():
     row = {"arm": "lora", "flags": ["--method", "lora"], "question": "q", "trainable": 7,
            "scores": {"0": 0.82, "1": 0.84}, "acc": {"0": 0.70, "1": 0.74}, "zero_shot": 0.66}
+    row["mean"], row["std"] = study.mean_std(row["scores"].values())     # as report() sets them
     out = {"task": "mrpc", "metric": "f1", "model": "m", "budget": "b", "hardware": "h",
            "majority": {"metric": 0.8122, "f1": 0.8122, "acc": 0.6838}, "command": "c",
            "rows": [row]}
