@@ -41,8 +41,9 @@ def draw(study, path):
                                                     [100 * (high - p["mean"])]],
                           fmt="o", color="#08519c", capsize=3)
         if d := r.get("diagnose"):
-            used.barh(i, statistics.mean(x["mean_e"]["changed"] for x in d.values()),
-                      color="#fdae6b")
+            changed = statistics.mean(x["mean_e"]["changed"] for x in d.values())
+            used.barh(i, changed, color="#fdae6b")
+            used.text(changed, i, f" {round(changed, 1):g}", va="center", fontsize=8)  # a 0 shows too
     zero_shot = 100 * rows[0]["zero_shot"]
     acc.axvline(zero_shot, color="grey", ls="--", lw=1, label=f"zero-shot {zero_shot:.1f}")
     acc.set_xlim(zero_shot - 10, 95)
@@ -50,6 +51,7 @@ def draw(study, path):
         acc.axvline(always, color="#a50f15", ls=":", lw=1, label=f"majority class {always:.1f}")
     acc.legend(loc="lower right", fontsize=8)
     diff.axvline(0, color="grey", lw=1)
+    used.set_xlim(0, 1.25 * max(used.get_xlim()[1], 8))  # from 0, with room for the numbers
     acc.set_yticks(list(y), [f"{r['arm']} ({len(r['scores'])})" for r in rows])
     acc.set_xlabel("dev metric (%)\nseeds (dots), mean (|)")
     diff.set_xlabel("minus prompt tuning (points)\n95% interval over paired seeds")

@@ -121,6 +121,7 @@ def test_figure_draws_every_arm(tmp_path):
     plot_study.draw({"task": "sst2", "model": "m", "budget": "b", "rows": rows}, str(path))
     svg = path.read_text()
     assert "prompt (2)" in svg and "lopa (2)" in svg and "of 872" in svg
+    assert "> 3<" in svg  # the bar's number: an arm whose mean e changes nothing still shows "0"
     assert "majority" not in svg
     plot_study.draw({"task": "mrpc", "model": "m", "budget": "b", "rows": rows,
                      "majority": {"metric": 0.8122}}, str(path))
