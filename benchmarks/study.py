@@ -44,6 +44,8 @@ ARMS = {  # name: (train.py flags, the question the arm answers)
     "lopa-add": (["--method", "lopa", "--combine", "add"], "Z = Z_S + Z_I, an official variant"),
     "lora": (["--method", "lora"], "LoRA r = 16 on q, k, v"),
     "idpg": (["--method", "idpg"], "IDPG: a full-rank prompt from e, the paper's baseline"),
+    "lopa-h576": (["--method", "lopa", "--hidden", "576"],
+                  "H = d (576 for SmolLM2): MLP width = the model's, as the published NLU code"),
     "lopa-random": (["--method", "lopa", "--init", "random"],
                     "Z_S from N(0, 1), as the official code"),
     "lopa-encoder": (["--method", "lopa", "--encoder-lr", "1e-5"],
