@@ -43,7 +43,8 @@ def draw(study, path):
         if d := r.get("diagnose"):
             changed = statistics.mean(x["mean_e"]["changed"] for x in d.values())
             used.barh(i, changed, color="#fdae6b")
-            used.text(changed, i, f" {round(changed, 1):g}", va="center", fontsize=8)  # a 0 shows too
+            # the number beside the bar, so that an arm whose mean e changes nothing still shows 0
+            used.text(changed, i, f" {round(changed, 1):g}", va="center", fontsize=8)
     zero_shot = 100 * rows[0]["zero_shot"]
     acc.axvline(zero_shot, color="grey", ls="--", lw=1, label=f"zero-shot {zero_shot:.1f}")
     acc.set_xlim(zero_shot - 10, 95)
