@@ -18,6 +18,13 @@ RUNS = {  # name: train.py flags beside the tiny model's; each exercises one cod
     "lopa": ["--method", "lopa"],
     "prompt": ["--method", "prompt"],
     "lora": ["--method", "lora"],
+    "idpg": ["--method", "idpg"],
+    # the study's LOPA variants, pinned before they moved out of the paper's lines
+    "lopa-add": ["--method", "lopa", "--combine", "add"],
+    "lopa-2sigmoid": ["--method", "lopa", "--combine", "2sigmoid"],
+    "lopa-l2": ["--method", "lopa", "--encoder-norm", "l2"],
+    "lopa-random": ["--method", "lopa", "--init", "random"],
+    "lopa-encoder": ["--method", "lopa", "--encoder-lr", "1e-4"],
 }
 
 
