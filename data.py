@@ -1,5 +1,6 @@
 """GLUE tasks as label-word classification for a frozen causal LM: templates, loading (the files
-themselves are read by glue_files.py), a run's splits, batching. metrics.py scores them.
+themselves are read by plumbing/glue_files.py), a run's splits, batching. plumbing/metrics.py
+scores them.
 
 Follows the verbaliser framing of LOPA's GLUE experiments (Jain et al., NeurIPS 2024), adapted
 to a causal LM: the filled template ends where the label word would come, and the LM's next-token
@@ -17,11 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common import UserError
-from glue_files import read_parquet, read_tsv
+from plumbing.cli import UserError
+from plumbing.glue_files import read_parquet, read_tsv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.path.join(HERE, "assets", "glue")  # the bundled files (glue_files.check_sha256)
+DATA_DIR = os.path.join(HERE, "assets", "glue")  # the bundled files (plumbing/glue_files.py)
 CPU_TRAIN_EXAMPLES = 2000  # train.py's default subset on a CPU: README, "Choosing the CPU budget"
 
 
@@ -218,7 +219,6 @@ class Split:
     name: str                # "train", "dev" or "held-out"
     ids: list                # one list of token ids per example
     labels: list             # one class index per example
-    e: torch.Tensor = None   # (N, h_enc) cached encoder vectors, for tuners that cache them
 
 
 def tokenize_split(name, task, rows, tokenizer, max_len):

@@ -6,7 +6,7 @@ and k, the GELU MLP for SwiGLU, and lets groups of query heads share one key/val
 (grouped-query attention). Module names follow Hugging Face's LlamaForCausalLM, so its safetensors
 load key for key.
 
-    model, tokenizer = load_model("smollm2")   # SmolLM2-135M-Instruct from a .gguf file, offline
+    model, tokenizer = load_model("smollm2")   # plumbing/loading.py: SmolLM2-135M-Instruct, offline
 """
 from dataclasses import dataclass
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError
+from plumbing.cli import UserError
 
 
 @dataclass
@@ -96,27 +96,30 @@ class Attention(nn.Module):
         k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
         return q, k, v
 
-    def forward(self, x, cos, sin, at=None):
+    def forward(self, x, cos, sin):
         q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
-        if at is None:
-            # Causal masking is enough: batches are right-padded, as in model.py's GPT.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
-        else:  # one query per row, at its position `at` (B,): model.py's GPT.forward
-            q = pick(q.transpose(1, 2), at).transpose(1, 2)               # (B, nh, 1, hs)
-            mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)    # (B, nh, 1, hs)
-        return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T|1, d)
+        # Causal masking is enough: batches are right-padded, as in model.py's GPT.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T, d)
 
-    def with_prefix(self, x, prefix, rope, rope_prefix, at=None):
-        """As model.py's: x (B, T, C) behind a prefix (1, m, C) that every row shares, computed
-        once. rope, rope_prefix: (cos, sin) at the rows' positions m.. and the prefix's 0..m-1."""
+    def at(self, x, cos, sin, at):  # speed path: one query per row (model.py's GPT.hidden_at)
+        q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
+        q = pick(q.transpose(1, 2), at).transpose(1, 2)                    # (B, nh, 1, hs)
+        mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, 1, hs)
+        return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, 1, d)
+
+    def behind_prefix(self, x, prefix, rope, rope_prefix, at=None):
+        """Speed path, as model.py's: x (B, T, C) behind a prefix (1, m, C) that every row shares,
+        computed once. rope, rope_prefix: (cos, sin) at the rows' positions m.. and the prefix's
+        0..m-1."""
         (q, k, v), (qp, kp, vp) = self.heads(x, *rope), self.heads(prefix, *rope_prefix)
         B, T, m = x.size(0), x.size(1), prefix.size(1)
         yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)    # (1, nh, m, hs)
         k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
-        if at is not None:  # as forward: only row b's token at[b]
+        if at is not None:  # as at(): only row b's token at[b]
             q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
             mask = mask[at][:, None, None]                             # (B, 1, 1, m + T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T|1, hs)
@@ -142,13 +145,17 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, at=None):  # pre-norm residual block; at: see Llama.forward
-        x = pick(x, at) + self.self_attn(self.input_layernorm(x), cos, sin, at)  # (B, T|1, d)
+    def forward(self, x, cos, sin):  # pre-norm residual block
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)         # (B, T, d)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def with_prefix(self, x, prefix, rope, rope_prefix, at=None):  # (x, a shared prefix)
+    def at(self, x, cos, sin, at):  # speed path: the block at one position per row (B, 1, d)
+        x = pick(x, at) + self.self_attn.at(self.input_layernorm(x), cos, sin, at)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def behind_prefix(self, x, prefix, rope, rope_prefix, at=None):  # speed path: (x, a prefix)
         norm, norm_2 = self.input_layernorm, self.post_attention_layernorm
-        a, a_prefix = self.self_attn.with_prefix(norm(x), norm(prefix), rope, rope_prefix, at)
+        a, a_prefix = self.self_attn.behind_prefix(norm(x), norm(prefix), rope, rope_prefix, at)
         x, prefix = pick(x, at) + a, prefix + a_prefix
         return x + self.mlp(norm_2(x)), prefix + self.mlp(norm_2(prefix))
 
@@ -181,30 +188,47 @@ class Llama(nn.Module):
     def embed(self, ids):
         return self.model.embed_tokens(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def forward(self, ids=None, *, embeds=None, prefix=None, at=None, return_hidden=False):
-        """prefix (m, d): a soft prompt in front of every row, the same for all, computed once
-        (model.py's GPT.forward); the output covers the rows' own positions only. at (B,): read
-        row b only at position at[b]; the last block computes only there (GPT.forward)."""
-        x = self.embed(ids) if embeds is None else embeds                   # (B, T, d)
-        m = 0 if prefix is None else prefix.size(0)
-        prefix = None if prefix is None else prefix[None]                   # (1, m, d)
-        T, hs = m + x.size(1), self.config.n_embd // self.config.n_head
+    def rope(self, T, device, dtype):
+        """(cos, sin), each (T, hs): the rotary angles of positions 0..T-1, soft prompt included,
+        computed in float32 as Hugging Face does."""
         if T > self.config.n_positions:
             raise UserError(f"sequence of {T} tokens is longer than the model's "
                             f"{self.config.n_positions} positions")
-        # Positions 0..T-1 over the whole input, soft prompt included; angles in float32 as
-        # Hugging Face does.
+        hs = self.config.n_embd // self.config.n_head
         inv_freq = 1.0 / self.config.rope_theta ** (
-            torch.arange(0, hs, 2, device=x.device).float() / hs)  # (hs/2,)
-        # (T, hs)
-        angles = torch.outer(torch.arange(T, device=x.device).float(), inv_freq).repeat(1, 2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        rope, rope_prefix = (cos[m:], sin[m:]), (cos[:m], sin[:m])
+            torch.arange(0, hs, 2, device=device).float() / hs)              # (hs/2,)
+        angles = torch.outer(torch.arange(T, device=device).float(), inv_freq).repeat(1, 2)
+        return angles.cos().to(dtype), angles.sin().to(dtype)               # (T, hs) each
+
+    def forward(self, ids=None, *, embeds=None, return_hidden=False):
+        """Token ids (B, T), or their embeddings (B, T, d), -> logits (B, T, vocab_size), or the
+        final hidden states (B, T, d) with return_hidden: model.py's GPT.forward."""
+        x = self.embed(ids) if embeds is None else embeds                   # (B, T, d)
+        cos, sin = self.rope(x.size(1), x.device, x.dtype)
+        for block in self.model.layers:
+            x = block(x, cos, sin)
+        x = self.model.norm(x)                                              # (B, T, d)
+        return x if return_hidden else self.lm_head(x)                      # (B, T, vocab_size)
+
+    # ------------------------------------------------------------------------- speed paths
+    # forward()'s numbers for less work, as model.py's GPT has them (tests/test_llama.py checks).
+
+    def hidden_at(self, embeds, at):
+        """(B, d): forward(embeds=embeds, return_hidden=True)[b, at[b]]; the last block computes
+        only there."""
+        cos, sin = self.rope(embeds.size(1), embeds.device, embeds.dtype)
+        x = embeds                                                          # (B, T, d)
+        for block in self.model.layers[:-1]:
+            x = block(x, cos, sin)
+        return self.model.norm(self.model.layers[-1].at(x, cos, sin, at)[:, 0])  # (B, d)
+
+    def hidden_at_behind_prefix(self, ids, prefix, at):
+        """(B, d): hidden_at(cat([prefix] * B, embed(ids)), m + at) for a prefix (m, d) that
+        every row shares, computed once."""
+        x, m = self.embed(ids), prefix.size(0)                              # (B, T, d)
+        cos, sin = self.rope(m + x.size(1), x.device, x.dtype)
+        rope, rope_prefix, p = (cos[m:], sin[m:]), (cos[:m], sin[:m]), prefix[None]  # (1, m, d)
         for block in self.model.layers:
             read = at if block is self.model.layers[-1] else None           # the last block reads
-            if prefix is None:
-                x = block(x, cos, sin, read)
-            else:
-                x, prefix = block.with_prefix(x, prefix, rope, rope_prefix, read)
-        x = self.model.norm(x if at is None else x[:, 0])                   # (B, T, d) or (B, d)
-        return x if return_hidden else self.lm_head(x)                      # (B, [T,] vocab_size)
+            x, p = block.behind_prefix(x, p, rope, rope_prefix, read)
+        return self.model.norm(x[:, 0])                                     # (B, d)

@@ -16,29 +16,30 @@ Prompt tuning is Z = Z_S alone. Both only change the input, so one frozen model 
 serve every user's task; LoRA instead changes the server's weights.
 
 Every tuner has the same small interface: `prompt(ids, lengths, e=None)` returns the (B, m, d)
-soft prompt (None for LoRA), `trainable_parameters()` what AdamW trains. adapters.py saves them.
+soft prompt (None for LoRA), `trainable_parameters()` what AdamW trains. plumbing/adapters.py saves
+them; plumbing/methods.py makes each a `train.py --method`; benchmarks/variants.py holds the study's
+variants of LOPA, apart from the paper's lines.
 """
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from common import UserError
-from methods import METHODS, check_choice, option, register
+from plumbing.cli import UserError, check_choice, option
 
 
 def last_hidden(model, ids, lengths, prompt=None):
-    """Final hidden state at each row's last real token, behind an optional soft prompt: one per
-    row (B, m, d), or one for all (m, d), which the model then computes once, not B times.
-    Batches are right-padded, so that token sits at m + lengths - 1, never at position -1."""
-    if prompt is None or prompt.dim() == 2:  # positions count the rows' own tokens only
-        return model(ids, prefix=prompt, at=lengths - 1, return_hidden=True)      # (B, d)
+    """Final hidden state at each row's last real token (B, d), behind an optional soft prompt:
+    one per row (B, m, d), or one for all (m, d). Batches are right-padded, so that token sits at
+    m + lengths - 1, never at position -1. The model's speed paths compute only what is read."""
+    if prompt is None:
+        return model.hidden_at(model.embed(ids), lengths - 1)                   # (B, d)
+    if prompt.dim() == 2:  # every row's prompt: the model computes it once, not B times
+        return model.hidden_at_behind_prefix(ids, prompt, lengths - 1)          # (B, d)
     x = model.embed(ids)                                              # (B, T, d)
-    x = torch.cat([prompt.to(x.dtype), x], dim=1)                     # (B, m + T, d)
-    return model(embeds=x, at=prompt.size(1) + lengths - 1, return_hidden=True)  # (B, d)
+    x = torch.cat([prompt.to(x.dtype), x], dim=1)                     # X = [Z ; E(x)]: (B, m+T, d)
+    return model.hidden_at(x, prompt.size(1) + lengths - 1)           # (B, d)
 
 
 def label_logits(model, hidden, label_ids):
@@ -116,30 +117,18 @@ class PromptTuning(Tuner):
 
 class InstanceTuner(Tuner):
     """A tuner whose prompt is made from e = Enc(x), one vector per input (LOPA, IDPG). The encoder
-    is frozen (by default the foundation model itself, read without a prompt), unless the config's
-    encoder_lr > 0: then it is a copy of the model, trained at that rate, saved with the adapter."""
+    is frozen: by default the foundation model itself, read without a prompt."""
     caches_encoder = True
 
     def __init__(self, model, config, encoder=None):
         super().__init__(model, config)
-        if getattr(config, "encoder_lr", 0) > 0:  # the published NLU code's way: fine-tune a copy
-            self.encoder = copy.deepcopy(encoder or model).requires_grad_(True)
-            self.caches_encoder = False
-        else:
-            self.__dict__["encoder"] = (encoder or model).requires_grad_(False)
+        self.__dict__["encoder"] = (encoder or model).requires_grad_(False)  # not saved either
 
     def encode(self, ids, lengths):
         # A frozen encoder's e depends on the input alone: train.py computes it once per example for
-        # all epochs, and no graph reaches the encoder. A trained one needs e anew, with a graph.
+        # all epochs, and no graph reaches the encoder. (benchmarks/variants.py can train one.)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.caches_encoder):
             return last_hidden(self.encoder, ids, lengths)            # (B, h_enc)
-
-    def param_groups(self, lr):
-        if self.caches_encoder:
-            return super().param_groups(lr)
-        own = [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
-        return [{"params": own, "base_lr": lr},
-                {"params": list(self.encoder.parameters()), "base_lr": self.config.encoder_lr}]
 
 
 def mlp(h_enc, H, out, p):
@@ -150,37 +139,25 @@ def mlp(h_enc, H, out, p):
     return net
 
 
-COMBINE = {  # name: (the instance term t made from Z_I, Z from Z_S and t)
-    "sigmoid": (torch.sigmoid, lambda z_s, t: z_s * t),        # the paper's: Z = Z_S ⊙ σ(Z_I)
-    "2sigmoid": (torch.sigmoid, lambda z_s, t: 2 * z_s * t),   # Z = Z_S ⊙ 2σ(Z_I): starts at Z_S
-    "add": (lambda z_i: z_i, lambda z_s, t: z_s + t),          # Z = Z_S + Z_I, an official variant
-}
-
-
 @dataclass
 class LOPAConfig:
     m: int = option(10, "number of virtual tokens")
     r: int = option(4, "rank of LOPA's instance-specific part Z_I = u vᵀ")
     hidden: int = option(256, "H, the width of the MLPs that read e")
     dropout: float = option(0.1, "dropout on the encoder vector e, the MLPs' only regulariser")
-    combine: str = option("sigmoid", f"how Z_I enters Z: {', '.join(COMBINE)} (lopa.COMBINE)")
     init: str = option("vocab", "Z_S's start: vocab (token embeddings) or random (N(0, 1))")
-    encoder_norm: str = option("none", "e as the MLPs see it: none, or l2 (unit length)")
-    encoder_lr: float = option(0.0, "> 0: train a copy of the model as LOPA's encoder at this rate")
 
     def __post_init__(self):
         for name in ("m", "r", "hidden"):
             if getattr(self, name) < 1:
                 raise UserError(f"LOPA's {name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1 or self.encoder_lr < 0:
-            raise UserError(f"LOPA needs 0 <= dropout < 1 and encoder_lr >= 0; got {self.dropout}, "
-                            f"{self.encoder_lr}")
-        check_choice("combine", self.combine, COMBINE)
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"LOPA needs 0 <= dropout < 1; got {self.dropout}")
         check_choice("init", self.init, ("vocab", "random"))
-        check_choice("encoder_norm", self.encoder_norm, ("none", "l2"))
 
 
 class LOPA(InstanceTuner):
+    """Z = Z_S ⊙ σ(u vᵀ), u and v made from e: the paper's method, line for line."""
     method = "lopa"
 
     def __init__(self, model, config=LOPAConfig(), encoder=None):
@@ -190,22 +167,13 @@ class LOPA(InstanceTuner):
         self.mlp_u = mlp(h_enc, c.hidden, c.m * c.r, c.dropout)
         self.mlp_v = mlp(h_enc, c.hidden, d * c.r, c.dropout)
 
-    def instance_term(self, e):
-        """t from e (B, h_enc): σ(Z_I) for the sigmoid gates, Z_I itself for add. (B, m, d)"""
-        if self.config.encoder_norm == "l2":
-            e = F.normalize(e, dim=-1)
+    def prompt(self, ids, lengths, e=None):
+        e = self.encode(ids, lengths) if e is None else e             # (B, h_enc)
         B, (m, r), d = e.size(0), (self.config.m, self.config.r), self.z_s.size(1)
         u = self.mlp_u(e).view(B, m, r)                               # (B, h_enc) -> (B, m, r)
         v = self.mlp_v(e).view(B, d, r)                               # (B, h_enc) -> (B, d, r)
-        z_i = u @ v.transpose(1, 2)                                   # -> (B, m, d), rank r
-        return COMBINE[self.config.combine][0](z_i)
-
-    def combine(self, t):
-        return COMBINE[self.config.combine][1](self.z_s, t)          # -> (B, m, d)
-
-    def prompt(self, ids, lengths, e=None):
-        e = self.encode(ids, lengths) if e is None else e             # (B, h_enc)
-        return self.combine(self.instance_term(e))
+        z_i = u @ v.transpose(1, 2)                                   # (B, m, r) @ (B, r, d)
+        return self.z_s * torch.sigmoid(z_i)                          # Z = Z_S ⊙ σ(Z_I): (B, m, d)
 
 
 @dataclass
@@ -289,14 +257,6 @@ class LoRA(Tuner):
         self.hooks = []
 
 
-# ----------------------------------------------------------------------------- the methods
-
-register(PromptTuning, PromptConfig, lr=1e-2)
-register(LOPA, LOPAConfig, lr=1e-3)
-register(LoRA, LoRAConfig, lr=1e-3)
-register(IDPG, IDPGConfig, lr=1e-3)
-
-
 # ----------------------------------------------------------------------------- counting parameters
 
 def closed_form(method, d, h_enc, m=10, r=4, H=256, lora_r=16, lora_shapes=()):
@@ -322,8 +282,8 @@ if __name__ == "__main__":
           f"(m = 10, r = 4, H = 256; LoRA r = 16)")
     for label, model in models.items():
         d = model.config.n_embd
-        for name in ("prompt", "lopa", "lora", "idpg"):  # not other registered methods: no formula
-            tuner = METHODS[name].tuner(model)
+        for tuner in (PromptTuning(model), LOPA(model), LoRA(model), IDPG(model)):
+            name = tuner.method
             counted = sum(p.numel() for p in tuner.trainable_parameters())
             layers = getattr(tuner, "layers", {}).values()
             lora_shapes = [(x.in_features, x.out_features) for x in layers]

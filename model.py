@@ -3,14 +3,14 @@
 Follows Radford et al. 2019 ("Language Models are Unsupervised Multitask Learners") and keeps the
 module names of Hugging Face's GPT2LMHeadModel, so a checkpoint loads key for key.
 
-    model, tokenizer = load_model("gpt2")           # hub id, local folder, .gguf file or "smollm2"
+    model, tokenizer = load_model("gpt2")           # plumbing/loading.py: hub id, folder, .gguf
     logits = model(ids)                             # (B, T) LongTensor -> (B, T, vocab_size)
     hidden = model(embeds=x, return_hidden=True)    # (B, T, d) embeddings in -> (B, T, d) out
-    last = model(ids, at=lengths - 1, return_hidden=True)  # (B, d): one position per row
 
 Every model in this project (GPT-2 here, the Llama family in llama.py) offers that same interface:
-`config.n_embd`, `config.vocab_size`, `config.n_positions`, `embed(ids)`, `forward(...)`, and
-`lm_head`, whose weight rows a caller can pick to score only a few words.
+`config.n_embd`, `config.vocab_size`, `config.n_positions`, `embed(ids)`, `forward(...)`, `lm_head`
+(whose weight rows a caller can pick to score only a few words), and two speed paths at the end of
+the class, `hidden_at` and `hidden_at_behind_prefix`, that give forward()'s numbers for less work.
 """
 import math
 from dataclasses import dataclass, fields
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError
+from plumbing.cli import UserError
 
 
 @dataclass
@@ -54,28 +54,30 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)                       # 3 x (B, T, C)
         return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
-    def forward(self, x, at=None):
+    def forward(self, x):
         q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
-        if at is None:
-            # Causal masking alone is enough in this project: batches are right-padded, so a real
-            # token never attends to a pad, and the pads' own outputs are never read.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
-        else:  # one query per row, at its position `at` (B,), seeing the keys up to it
-            q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
-            mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, 1, hs)
-        return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T|1, C)
+        # Causal masking alone is enough in this project: batches are right-padded, so a real
+        # token never attends to a pad, and the pads' own outputs are never read.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
+        return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T, C)
 
-    def with_prefix(self, x, prefix, at=None):
-        """x (B, T, C) behind a prefix (1, m, C) that every row shares. The prefix never sees what
-        follows it, so its queries, keys and values are computed once, for one row."""
+    def at(self, x, at):  # speed path: one query per row, at its position at (B,)
+        q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
+        q = pick(q.transpose(1, 2), at).transpose(1, 2)                # (B, nh, 1, hs)
+        mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, 1, hs)
+        return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, 1, C)
+
+    def behind_prefix(self, x, prefix, at=None):
+        """Speed path: x (B, T, C) behind a prefix (1, m, C) that every row shares. The prefix never
+        sees what follows it, so its queries, keys and values are computed once, for one row."""
         (q, k, v), (qp, kp, vp) = self.heads(x), self.heads(prefix)    # (B|1, nh, T|m, hs)
         B, T, m = x.size(0), x.size(1), prefix.size(1)
         yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (1, nh, m, hs)
         k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
         # each row's token i sees the whole prefix, then its own tokens 0..i
         mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
-        if at is not None:  # as forward: only row b's token at[b]
+        if at is not None:  # as at(): only row b's token at[b]
             q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
             mask = mask[at][:, None, None]                             # (B, 1, 1, m + T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T|1, hs)
@@ -100,12 +102,16 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, at=None):  # pre-LayerNorm residual block; at: see GPT.forward
-        x = pick(x, at) + self.attn(self.ln_1(x), at)                 # (B, T|1, C)
+    def forward(self, x):  # pre-LayerNorm residual block
+        x = x + self.attn(self.ln_1(x))                               # (B, T, C)
         return x + self.mlp(self.ln_2(x))
 
-    def with_prefix(self, x, prefix, at=None):  # the same for (x, a prefix every row shares)
-        a, a_prefix = self.attn.with_prefix(self.ln_1(x), self.ln_1(prefix), at)
+    def at(self, x, at):  # speed path: the block at one position per row (B, 1, C)
+        x = pick(x, at) + self.attn.at(self.ln_1(x), at)
+        return x + self.mlp(self.ln_2(x))
+
+    def behind_prefix(self, x, prefix, at=None):  # speed path: (x, a prefix every row shares)
+        a, a_prefix = self.attn.behind_prefix(self.ln_1(x), self.ln_1(prefix), at)
         x, prefix = pick(x, at) + a, prefix + a_prefix
         return x + self.mlp(self.ln_2(x)), prefix + self.mlp(self.ln_2(prefix))
 
@@ -144,25 +150,48 @@ class GPT(nn.Module):
     def embed(self, ids):
         return self.transformer.wte(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def forward(self, ids=None, *, embeds=None, prefix=None, at=None, return_hidden=False):
-        """prefix (m, d): a soft prompt in front of every row, the same for all (prompt tuning's).
-        It is computed once, not B times, and the output covers the rows' own positions only.
-        at (B,): read row b only at position at[b] (its last real token, say), so the last block
-        computes the query, attention and MLP there alone (its keys and values still cover every
-        position): the output is then (B, d), or (B, vocab_size)."""
-        x = self.embed(ids) if embeds is None else embeds                 # (B, T, d)
-        m = 0 if prefix is None else prefix.size(0)
-        if m + x.size(1) > self.config.n_positions:
-            raise UserError(f"sequence of {m + x.size(1)} tokens is longer than the model's "
+    def positions(self, T, device):  # (T, d): the learned position vectors 0..T-1
+        if T > self.config.n_positions:
+            raise UserError(f"sequence of {T} tokens is longer than the model's "
                             f"{self.config.n_positions} positions")
-        pos = self.transformer.wpe(torch.arange(m + x.size(1), device=x.device))  # (m + T, d)
-        x = x + pos[m:]                                                   # (B, T, d)
-        p = None if prefix is None else (prefix + pos[:m])[None]          # (1, m, d)
+        return self.transformer.wpe(torch.arange(T, device=device))
+
+    def forward(self, ids=None, *, embeds=None, return_hidden=False):
+        """Token ids (B, T), or their embeddings (B, T, d) with a soft prompt in front, -> logits
+        (B, T, vocab_size), or the final hidden states (B, T, d) with return_hidden."""
+        x = self.embed(ids) if embeds is None else embeds                 # (B, T, d)
+        x = x + self.positions(x.size(1), x.device)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)                                      # (B, T, d)
+        return x if return_hidden else self.lm_head(x)                    # (B, T, vocab_size)
+
+    # ------------------------------------------------------------------------- speed paths
+    # The same numbers as forward(), for less work (tests/test_model.py checks each against it).
+    # A classifier reads one position per row, so the last block need compute nothing else; and a
+    # soft prompt that every row shares need not be computed once per row. lopa.last_hidden uses
+    # them; a first reading can skip them.
+
+    def hidden_at(self, embeds, at):
+        """(B, d): forward(embeds=embeds, return_hidden=True)[b, at[b]] for every row b. The last
+        block computes its query, attention and MLP at that position alone (its keys and values
+        still cover every position)."""
+        x = embeds + self.positions(embeds.size(1), embeds.device)         # (B, T, d)
+        for block in self.transformer.h[:-1]:
+            x = block(x)
+        return self.transformer.ln_f(self.transformer.h[-1].at(x, at)[:, 0])  # (B, d)
+
+    def hidden_at_behind_prefix(self, ids, prefix, at):
+        """(B, d): row b's final hidden state at its own position at[b] behind a prefix (m, d) that
+        every row shares, as hidden_at(cat([prefix] * B, embed(ids)), m + at) gives it, with the
+        prefix computed once, not B times."""
+        x, m = self.embed(ids), prefix.size(0)                            # (B, T, d)
+        pos = self.positions(m + x.size(1), x.device)                     # (m + T, d)
+        x, p = x + pos[m:], (prefix + pos[:m])[None]                      # (B, T, d), (1, m, d)
         for block in self.transformer.h:
             read = at if block is self.transformer.h[-1] else None        # the last block reads
-            x, p = (block(x, read), None) if p is None else block.with_prefix(x, p, read)
-        x = self.transformer.ln_f(x if at is None else x[:, 0])           # (B, T, d) or (B, d)
-        return x if return_hidden else self.lm_head(x)                    # (B, [T,] vocab_size)
+            x, p = block.behind_prefix(x, p, read)
+        return self.transformer.ln_f(x[:, 0])                             # (B, d)
 
 
 @torch.no_grad()
@@ -182,10 +211,3 @@ def generate(model, ids, max_new_tokens, temperature=0.0, top_k=None):
         ids = torch.cat([ids, nxt], dim=1)                                # (B, T + 1)
     return ids
 
-
-def load_model(name_or_path):
-    """(model, tokenizer) by loading.load_model, kept here so that `from model import load_model`
-    works. Imported when called: loading.py builds GPT from this file, so this file cannot import it
-    first."""
-    import loading
-    return loading.load_model(name_or_path)

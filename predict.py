@@ -10,8 +10,8 @@ import sys
 import torch
 
 import data
-from adapters import load_with_model
-from common import cli, pick_device
+from plumbing.adapters import load_with_model
+from plumbing.cli import cli, pick_device
 from lopa import label_logits
 
 

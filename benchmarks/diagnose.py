@@ -21,16 +21,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import metrics  # noqa: E402
-from adapters import load_with_model  # noqa: E402
-from common import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
+from plumbing import metrics  # noqa: E402
+from plumbing.adapters import load_with_model  # noqa: E402
+from plumbing.cli import UserError, atomic_write, cli, pick_device, write_text  # noqa: E402
 from lopa import LOPA, InstanceTuner, label_logits, last_hidden  # noqa: E402
-from train import per_example, tokenize_split  # noqa: E402
+from data import tokenize_split  # noqa: E402
+from train import per_example  # noqa: E402
+from benchmarks.variants import as_variant  # noqa: E402
 
 
 def diagnose(tuner, model, task, dev, label_ids, device, batch_size=32):
     """{"real", "mean_e", "mean_gate": {"metric", "changed"}, "term", "n"}: each way's metric and
     how many of the n predictions differ from the real ones; "term": σ(Z_I)'s spread."""
+    tuner = as_variant(tuner) if isinstance(tuner, LOPA) else tuner  # with instance_term()
     def each(fn, desc):  # fn(ids, lengths, index) -> (B, ...) for every dev example: (N, ...)
         return per_example(fn, dev, device, batch_size, desc)
     e = each(lambda ids, lengths, index: tuner.encode(ids, lengths), "encode")       # (N, h_enc)

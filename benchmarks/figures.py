@@ -19,8 +19,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
-from adapters import load_with_model  # noqa: E402
-from common import UserError, cli  # noqa: E402
+from plumbing.adapters import load_with_model  # noqa: E402
+from plumbing.cli import UserError, cli  # noqa: E402
+from benchmarks.variants import as_variant  # noqa: E402
 from lopa import LOPA  # noqa: E402
 
 STUDY_ADAPTER = "runs/study/sst2-n2000-e2-lopa-seed0"  # SmolLM2, SST-2, 2000 examples x 2 epochs
@@ -46,6 +47,7 @@ def save(fig, path):
 @torch.no_grad()
 def prompt_parts(tuner, ids):
     """Z_S (m, d), σ(Z_I) (m, d) and Z (m, d) for one input's ids (1, T)."""
+    tuner = as_variant(tuner)  # benchmarks/variants.py: the gate of any LOPA adapter
     gate = tuner.instance_term(tuner.encode(ids, torch.tensor([ids.size(1)])))  # (1, m, d)
     return tuner.z_s.detach(), gate[0], tuner.combine(gate)[0]
 

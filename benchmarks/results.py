@@ -24,8 +24,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, for `python benchmarks/results.py`
-from common import atomic_write, write_text  # noqa: E402
-from lopa import METHODS  # noqa: E402
+from plumbing.cli import atomic_write, write_text  # noqa: E402
+from plumbing.methods import METHODS  # noqa: E402
 
 HERE = os.path.join(ROOT, "benchmarks")
 # lopa's 1e-2 was added after one dev run at 1e-2 (86.35, seed 0) hinted at it: the choice among

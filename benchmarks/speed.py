@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from loading import load_gpt2_weights  # noqa: E402
+from plumbing.loading import load_gpt2_weights  # noqa: E402
 from lopa import LOPA, PromptConfig, PromptTuning, label_logits  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 

@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from results import hardware, run_train  # noqa: E402
 
 import data  # noqa: E402
-import metrics  # noqa: E402
-from common import atomic_write, write_text  # noqa: E402
+from plumbing import metrics  # noqa: E402
+from plumbing.cli import atomic_write, write_text  # noqa: E402
 
 HERE = os.path.join(ROOT, "benchmarks")
 ARMS = {  # name: (train.py flags, the question the arm answers)

@@ -15,7 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from lopa import IDPGConfig, InstanceTuner, register  # noqa: E402
+from lopa import IDPGConfig, InstanceTuner  # noqa: E402
+from plumbing.methods import register  # noqa: E402
 
 
 class IDPG(InstanceTuner):
@@ -44,5 +45,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from common import cli
+    from plumbing.cli import cli
     cli(main)

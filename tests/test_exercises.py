@@ -28,12 +28,14 @@ import pytest
 import torch
 
 import data
-from adapters import save_adapter
-from common import UserError
+from plumbing.adapters import save_adapter
+from plumbing.cli import UserError
 from llama import Llama, LlamaConfig
-from lopa import LOPA, METHODS, IDPGConfig, LOPAConfig, PromptConfig, PromptTuning, closed_form
+from lopa import LOPA, IDPGConfig, LOPAConfig, PromptConfig, PromptTuning, closed_form
+from plumbing.methods import METHODS
 from lopa import label_logits
-from model import GPT, GPTConfig, load_model
+from model import GPT, GPTConfig
+from plumbing.loading import load_model
 from tests.helpers import TINY, padded_batch as batch, tiny_lm as small
 from tests.test_tutorial import blocks
 
@@ -373,8 +375,9 @@ def test_answers_paste_into_python_and_run_in_order(reference, monkeypatch, tmp_
 def test_answers_name_only_what_exists(reference):
     with open(ANSWERS, encoding="utf-8") as f:
         text = f.read()
-    modules = {name: importlib.import_module(name)
-               for name in ("adapters", "data", "lopa", "train", "loading", "llama", "common")}
+    modules = {name.rsplit(".", 1)[-1]: importlib.import_module(name)
+               for name in ("plumbing.adapters", "data", "lopa", "train", "plumbing.loading", "llama",
+                            "plumbing.cli", "plumbing.methods", "benchmarks.variants")}
     spans = re.findall(r"`([^`\n]+)`", text)
     for span in spans:
         for owner, attr in re.findall(r"\b(\w+)\.(\w+)", span):

@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from adapters import save_adapter
-from common import UserError
+from plumbing.adapters import save_adapter
+from plumbing.cli import UserError
 from lopa import LOPA, LOPAConfig, closed_form
-from model import load_model
+from plumbing.loading import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))

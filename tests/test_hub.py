@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 import data
-from common import UserError
-from loading import GPT2_TOKENIZER
+from plumbing.cli import UserError
+from plumbing.loading import GPT2_TOKENIZER
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

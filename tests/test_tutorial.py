@@ -14,7 +14,7 @@ import unittest.mock
 
 import pytest
 
-import methods
+from plumbing import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIAL = os.path.join(ROOT, "tutorial.md")
@@ -179,12 +179,12 @@ def test_mentioned_files_flags_and_names_exist():
     text = read()
     spans = list(inline_code(text))
     # a path inside another folder (the official repositories' utils/model.py) is not this project's file
-    folders = r"(?:(?:exercises/solutions|exercises|benchmarks|tests)/)?"
+    folders = r"(?:(?:exercises/solutions|exercises|benchmarks|tests|plumbing|docs)/)?"
     for path in set(re.findall(rf"(?<![/\w]){folders}\w+\.py\b", text)):
         assert os.path.exists(os.path.join(ROOT, path)), f"tutorial.md mentions {path}, which does not exist"
     with open(os.path.join(ROOT, "tests", "conftest.py"), encoding="utf-8") as f:
         sources = f.read()  # --student
-    for folder in (".", "exercises", "exercises/solutions", "benchmarks"):
+    for folder in (".", "exercises", "exercises/solutions", "benchmarks", "plumbing"):
         for name in os.listdir(os.path.join(ROOT, folder)):
             if name.endswith(".py"):
                 with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
@@ -193,19 +193,63 @@ def test_mentioned_files_flags_and_names_exist():
     method_flags = set(train.method_flags())  # made from the methods' configs, not written out
     for flag in {f for span in spans for f in re.findall(r"(?<![\w-])--[a-z][a-z-]*", span)} - {"--no-deps"}:
         assert f'"{flag}"' in sources or flag in method_flags, f"tutorial.md mentions {flag}, which no script defines"
-    names = ("data", "lopa", "model", "train", *(f"exercises.solutions.{name}" for name in
-             ("count_params", "mean_pool", "nearest_tokens", "new_task", "serve_two", "idpg")),
+    names = ("data", "lopa", "model", "train", "llama", "torch", "benchmarks.variants",
+             *(f"plumbing.{name}" for name in ("adapters", "checkpoints", "cli", "distributed",
+                                              "glue_files", "loading", "methods", "metrics")),
+             *(f"exercises.solutions.{name}" for name in
+               ("count_params", "mean_pool", "nearest_tokens", "new_task", "serve_two", "idpg")),
              "builtins")
-    modules = {name: importlib.import_module(name) for name in names}
+    modules = {name.rsplit(".", 1)[-1]: importlib.import_module(name) for name in names}
     snippets = "".join(code for lang, code, *_ in blocks(text) if lang == "python")
     defined = tuple(re.findall(r"^def (\w+)", snippets, re.M))
-    owners = {**modules, **{name: getattr(modules["lopa"], name) for name in ("LOPA", "LoRA", "PromptTuning", "Tuner")}}
+    owners = {**modules, **{name: getattr(modules["lopa"], name)
+                            for name in ("LOPA", "LoRA", "PromptTuning", "Tuner", "InstanceTuner")},
+              "GPT": modules["model"].GPT, "CausalSelfAttention": modules["model"].CausalSelfAttention}
     for span in spans:
         if re.fullmatch(r"\w*_\w*(\(\))?", span):  # a name like `base_hidden` or `CPU_TRAIN_EXAMPLES`
             assert re.search(rf"\b{span.removesuffix('()')}\b", sources), f"tutorial.md mentions {span}, found nowhere"
         for owner, attr in re.findall(r"\b(\w+)\.(\w+)", span):
-            if owner in owners and attr not in ("py", "tsv", "json", "md"):  # model.py is a file, model.generate a name
-                assert hasattr(owners[owner], attr), f"tutorial.md mentions {owner}.{attr}, which does not exist"
+            if owner in owners and attr not in ("py", "tsv", "json", "jsonl", "md"):  # model.py: a file
+                # `model` names the module and the snippets' model alike: model.hidden_at is GPT's
+                found = hasattr(owners[owner], attr) or owner == "model" and hasattr(owners["GPT"], attr)
+                assert found, f"tutorial.md mentions {owner}.{attr}, which does not exist"
         call = re.match(r"([a-z_]+)\(", span)
         if call and call[1] not in ("model", "loaded", "tuner") + defined:  # variables, and the snippets' own functions
             assert any(hasattr(m, call[1]) for m in owners.values()), f"tutorial.md mentions {call[1]}(), found nowhere"
+
+
+def table_cells(text):
+    """The inline code spans of markdown tables' cells, outside fenced blocks."""
+    for line in FENCE.sub("", text).splitlines():
+        if line.startswith("|") and not re.fullmatch(r"[|\-: ]+", line):
+            for cell in line.strip("|").split("|"):
+                yield from re.findall(r"`([^`\n]+)`", cell)
+
+
+def code_sources():
+    text = ""
+    for folder in (".", "plumbing", "benchmarks", "exercises/solutions"):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if name.endswith(".py"):
+                with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
+                    text += f.read()
+    return text
+
+
+def test_code_quoted_in_prose_and_tables_is_in_the_code():
+    """An inline quote of a tuner's code (`self....`) is a line the code has, whitespace aside; a bare
+    name in a table cell (`z_i`, `encode`) is a name the code defines or uses."""
+    text, sources = read(), code_sources()
+    squeezed = re.sub(r"\s+", " ", sources)
+    quotes = [span for span in inline_code(text) if "self." in span]
+    assert len(quotes) >= 3
+    for span in quotes:
+        if "LatentPromptAttentionGenerator" in span:  # the official code's, named as it is there
+            continue
+        assert re.sub(r"\s+", " ", span) in squeezed, f"tutorial.md quotes `{span}`, which no file has"
+    cells = list(table_cells(text))
+    assert len(cells) >= 20, "fewer table cells than expected: did the table parser break?"
+    for span in cells:
+        for name in re.findall(r"(?<![\w.-])([A-Za-z_]\w*)(?![\w.(])", span):
+            if not span.startswith("--") and name not in ("is", "e"):
+                assert re.search(rf"\b{name}\b", sources), f"a table in tutorial.md names {name}: not in the code"

@@ -10,7 +10,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import lopa  # noqa: E402
 import train  # noqa: E402
-from lopa import IDPGConfig, register  # noqa: E402
+from lopa import IDPGConfig  # noqa: E402
+from plumbing.methods import register  # noqa: E402
 
 
 class IDPG(lopa.IDPG):
@@ -25,5 +26,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from common import cli
+    from plumbing.cli import cli
     cli(main)

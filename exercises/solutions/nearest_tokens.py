@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import data  # noqa: E402
-from adapters import load_adapter  # noqa: E402
-from common import UserError  # noqa: E402
-from loading import load_model  # noqa: E402
+from plumbing.adapters import load_adapter  # noqa: E402
+from plumbing.cli import UserError  # noqa: E402
+from plumbing.loading import load_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -72,5 +72,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from common import cli
+    from plumbing.cli import cli
     cli(main)

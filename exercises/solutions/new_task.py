@@ -14,7 +14,7 @@ from unittest.mock import patch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import data  # noqa: E402
 import train  # noqa: E402
-from common import UserError  # noqa: E402
+from plumbing.cli import UserError  # noqa: E402
 
 
 def tsv_task(folder, name="tsv"):
@@ -36,5 +36,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from common import cli
+    from plumbing.cli import cli
     cli(main)

@@ -9,9 +9,10 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import UserError, atomic_write, write_text
-from loading import load_model
-from lopa import METHODS, InstanceTuner, last_hidden
+from plumbing.cli import UserError, atomic_write, write_text
+from plumbing.loading import load_model
+from lopa import InstanceTuner, last_hidden
+from plumbing.methods import METHODS
 
 
 def trains_encoder(tuner):

@@ -1,14 +1,25 @@
 """What every command line of the project shares: the user-facing error, the way a CLI reports it,
-the device and the dtype it runs in, and atomic writes."""
+the device and the dtype it runs in, atomic writes, and the config fields that become flags."""
 import contextlib
 import os
 import sys
+from dataclasses import field
 
 import torch
 
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad flag, bad file). The CLIs print it as one line."""
+
+
+def option(default, help, flag=""):
+    """A config field that train.py offers as the flag --NAME (or `flag`; None: no flag)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def cli(fn):

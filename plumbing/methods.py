@@ -1,25 +1,17 @@
-"""Methods as plug-ins: a tuner class and its config dataclass, registered under the tuner's name,
-become `train.py --method NAME`, and each option() field of the config becomes one of its flags.
-lopa.py registers the built-in methods, so their users import METHODS from there.
+"""The methods of `train.py --method NAME`: a tuner class (or a function that builds one), its
+config dataclass and its default learning rate, under one name; and each option() field of a
+config as one flag of train.py. The built-in methods are registered at the bottom; an exercise adds
+its own with register().
 """
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
-from common import UserError
-
-
-def option(default, help, flag=""):
-    """A config field that train.py offers as the flag --NAME (or `flag`; None: no flag)."""
-    return field(default=default, metadata={"help": help, "flag": flag})
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+from benchmarks.variants import LOPAVariantConfig, build_lopa
+from lopa import IDPG, IDPGConfig, LoRA, LoRAConfig, PromptConfig, PromptTuning
 
 
 @dataclass(frozen=True)
 class Method:
-    tuner: type    # a Tuner subclass, built as tuner(model, config)
+    tuner: object  # builds the tuner: tuner(model, config)
     config: type   # its settings: a dataclass whose option() fields become train.py flags
     lr: float      # the default learning rate
 
@@ -27,9 +19,9 @@ class Method:
 METHODS = {}  # --method name -> Method; train.py, load_adapter and predict.py all read it
 
 
-def register(tuner, config, lr):
+def register(tuner, config, lr, name=None):
     """Make a tuner class a method: `train.py --method NAME` then trains it (NAME: tuner.method)."""
-    METHODS[tuner.method] = Method(tuner, config, lr)
+    METHODS[name or tuner.method] = Method(tuner, config, lr)
 
 
 def method_flags():
@@ -60,3 +52,10 @@ def method_config(args, flags):
 
 def dest(flag):  # --lora-r is args.option_lora_r: never the same name as one of train.py's own
     return "option_" + flag[2:].replace("-", "_")
+
+
+register(PromptTuning, PromptConfig, lr=1e-2)
+# lopa.LOPA itself, or with one of the study's flags (--combine, ...) its variant
+register(build_lopa, LOPAVariantConfig, lr=1e-3, name="lopa")
+register(LoRA, LoRAConfig, lr=1e-3)
+register(IDPG, IDPGConfig, lr=1e-3)

