@@ -6,12 +6,14 @@
 
 One plain loop: zero-shot baseline, then epochs of AdamW steps on the label words' cross-entropy at
 the last real token, an evaluation on dev after each epoch, the best-on-dev adapter kept in --out.
-Ctrl-C saves a checkpoint that --resume continues from, exactly. `main` reads as the steps below.
+Ctrl-C or SIGTERM saves a checkpoint that --resume continues from, exactly. `train` reads as the
+steps below.
 """
 import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -23,8 +25,8 @@ import data
 from lopa import InstanceTuner, label_logits, last_hidden
 from plumbing import distributed, metrics
 from plumbing.adapters import save_adapter, trains_encoder
-from plumbing.checkpoints import (check_out_folder, identify_run, save_checkpoint, start_or_resume,
-                                  stop_on_ctrl_c)
+from plumbing.checkpoints import (CHECKPOINT, check_out_folder, identify_run, own_folder,
+                                  save_checkpoint, start_or_resume, stop_on_signals)
 from plumbing.cli import UserError, atomic_write, autocast, cli, pick_device, pick_dtype, write_text
 from plumbing.loading import choose_model, load_model
 from plumbing.methods import METHODS, add_method_flags, method_config, method_flags
@@ -77,8 +79,8 @@ def check_args(a):
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, "
                             f"got {getattr(a, name)}")
     pick_dtype(a.dtype, "cpu")  # an unknown --dtype fails here, before any work
-    if a.lr is not None and not a.lr > 0:
-        raise UserError(f"--lr must be positive, got {a.lr}")
+    if a.lr is not None and not (math.isfinite(a.lr) and a.lr > 0):
+        raise UserError(f"--lr must be positive and finite, got {a.lr}")
     n = a.max_train_examples
     if n not in (None, "all") and not (n.isdigit() and int(n) > 0):
         raise UserError(f"--max-train-examples must be a positive integer or 'all', got {n!r}")
@@ -190,7 +192,7 @@ def train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, de
 
 def check_finite(loss, step, a):
     if not torch.isfinite(loss):
-        kept = os.path.exists(os.path.join(a.out, "checkpoint.json"))
+        kept = os.path.exists(os.path.join(a.out, CHECKPOINT))
         kept = "the last good checkpoint is kept" if kept else "no checkpoint yet"
         raise UserError(f"loss became {loss.item()} at step {step + 1}; {kept}. "
                         f"Lower --lr (now {a.lr:g})")
@@ -250,6 +252,11 @@ def record_epoch(a, epoch, metric, losses, t_epoch, state, dev_name, opt):
 def main(argv=None):
     t0, a = time.time(), parse_args(argv)
     device = distributed.setup(pick_device(a.device))  # torchrun's process group, or one process
+    with own_folder(a.out, distributed.is_main()):  # one run at a time in --out
+        return train(a, device, t0)
+
+
+def train(a, device, t0):
     dtype = pick_dtype(a.dtype, device)
     model_name, why = choose_model(a.model)
     mixed = "" if dtype == torch.float32 else f" ({str(dtype)[6:]} autocast)"
@@ -258,7 +265,7 @@ def main(argv=None):
     run_key = identify_run(a, model_name, len(train_rows))
     check_out_folder(a, run_key)
     model, label_ids, train, dev = load_data(a, model_name, train_rows, dev_rows, split, device)
-    stop = stop_on_ctrl_c()
+    stop = stop_on_signals()
     tuner, opt, n_params, share = build_tuner(a, model, device)
     distributed.own_rng(a.seed)
     steps = a.epochs * math.ceil(len(train.ids) / a.batch_size)
@@ -276,7 +283,7 @@ def main(argv=None):
         losses = train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, device,
                              dtype)
         if losses is None:
-            return 130
+            return 128 + (stop[0] if stop else signal.SIGINT)  # 130: Ctrl-C, 143: SIGTERM
         with autocast(device, dtype):
             metric = evaluate(task, tuner, dev, dev_e, label_ids, device, bs)
         if record_epoch(a, epoch, metric, losses, t_epoch, state, dev.name, opt):

@@ -24,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, for `python benchmarks/results.py`
+from plumbing.checkpoints import CHECKPOINT  # noqa: E402
 from plumbing.cli import atomic_write, write_text  # noqa: E402
 from plumbing.methods import METHODS  # noqa: E402
 
@@ -55,7 +56,7 @@ def run_train(out, flags, env=None):
         if info["command"] == cmd[1:]:
             return info
     resume = False
-    if os.path.exists(started) and os.path.exists(os.path.join(out, "checkpoint.json")):
+    if os.path.exists(started) and os.path.exists(os.path.join(out, CHECKPOINT)):
         with open(started) as f:
             resume = json.load(f) == cmd[1:]
     os.makedirs(out, exist_ok=True)

@@ -72,8 +72,13 @@ def load_with_model(folder, device):
     if not os.path.exists(path):
         raise UserError(f"{folder} has no adapter.json: point --adapter at a folder written by "
                         f"train.py")
-    with open(path) as f:
-        model, tokenizer = load_model(json.load(f)["model"])
+    try:
+        with open(path) as f:
+            name = json.load(f)["model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); train the adapter "
+                        f"again, or put back a good copy") from None
+    model, tokenizer = load_model(name)
     tuner, info = load_adapter(folder, model.to(device))
     return tuner.to(device), info, tokenizer
 

@@ -1,6 +1,7 @@
 """What every command line of the project shares: the user-facing error, the way a CLI reports it,
 the device and the dtype it runs in, atomic writes, and the config fields that become flags."""
 import contextlib
+import errno
 import os
 import sys
 from dataclasses import field
@@ -37,10 +38,34 @@ def cli(fn):
 
 
 def atomic_write(path, write):
-    """write(tmp_path), then rename: a crash never leaves a half-written file at `path`."""
+    """write(tmp_path), then make it durable and rename it into place, as SQLite's users do: the
+    file is fsynced before the rename and its folder after, so a crash or a power cut leaves the old
+    file or the new one at `path`, never half of one. A failed write (a full disk, say) leaves the
+    old file as it was, no temporary file behind, and ends in one UserError line."""
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        sync_folder(os.path.dirname(path) or ".")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        why = "no space left on the disk" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        raise UserError(f"cannot write {path} ({why}); what was there before is kept. Free space "
+                        f"or fix the folder, then run again (a training run: add --resume)") \
+            from None
+
+
+def sync_folder(folder):
+    """fsync a folder, so that a rename in it survives a power cut (not possible on Windows)."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text(path, text):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from plumbing.checkpoints import read_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("lopa", "prompt", "lora")
@@ -46,7 +47,7 @@ def test_two_processes_train_as_one_and_resume(tiny_gpt2, tmp_path, one_thread):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (m, k, (a[k] - b[k]).abs().max())
-        one, two_ = (json.loads((tmp_path / f"{n}-{m}" / "checkpoint.json").read_text()) for n in ("one", "two"))
+        one, two_ = (read_checkpoint(tmp_path / f"{n}-{m}")[0] for n in ("one", "two"))
         assert one["zero_shot"] == two_["zero_shot"] and one["step"] == two_["step"] == 6
         assert one["history"][0]["loss"] == pytest.approx(two_["history"][0]["loss"], abs=1e-5)
     a, b = (load_file(tmp_path / n / "adapter.safetensors") for n in ("cut", "whole"))

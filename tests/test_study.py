@@ -47,7 +47,7 @@ def fake_processes(calls, score, fail_at=None):
         calls.append((flag["--method"], int(flag["--seed"]), "--resume" in cmd))
         os.makedirs(flag["--out"], exist_ok=True)
         if len(calls) == fail_at:                                      # a run cut off midway
-            open(os.path.join(flag["--out"], "checkpoint.json"), "w").write("{}")
+            open(os.path.join(flag["--out"], "checkpoint.safetensors"), "w").write("{}")
             return subprocess.CompletedProcess(cmd, 130, stderr="interrupted\n")
         with open(os.path.join(flag["--out"], "adapter.json"), "w") as f:
             json.dump({"metrics": {"dev": {"metric": score(flag), "acc": 0.5},

@@ -14,6 +14,7 @@ import data
 from plumbing import loading
 import train
 from plumbing.adapters import load_adapter
+from plumbing.checkpoints import read_checkpoint
 from plumbing.cli import UserError
 from lopa import closed_form
 from plumbing.loading import load_model
@@ -38,7 +39,7 @@ def test_smoke_train_then_predict(tiny_gpt2, tmp_path, method):
     out = tmp_path / method
     p = run("train.py", "--task", "rte", "--method", method, *quick(tiny_gpt2, out))
     assert "zero-shot dev acc" in p.stdout and "done in" in p.stdout
-    for name in ("adapter.safetensors", "adapter.json", "metrics.jsonl", "checkpoint.json"):
+    for name in ("adapter.safetensors", "adapter.json", "metrics.jsonl", "checkpoint.safetensors"):
         assert (out / name).exists(), name
     info = json.loads((out / "adapter.json").read_text())
     assert info["method"] == method and info["task"] == "rte" and info["model"] == tiny_gpt2
@@ -73,7 +74,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(tiny_gpt2, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "--resume" in err.strip().splitlines()[-1] and "Traceback" not in err
-    step = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step"]
+    step = read_checkpoint(tmp_path / "cut")[0]["step"]
     assert 0 < step < 600
     run(*args, "--resume")
     run(*[a if a != str(tmp_path / "cut") else str(tmp_path / "whole") for a in args])
@@ -200,7 +201,7 @@ def test_bfloat16_autocast_trains_close_to_float32(tiny_gpt2, tmp_path, one_thre
     for dtype in ("float32", "bfloat16"):
         assert train.main(["--task", "rte", *quick(tiny_gpt2, tmp_path / dtype), "--epochs", "1",
                            "--dtype", dtype]) == 0
-        runs[dtype] = json.loads((tmp_path / dtype / "checkpoint.json").read_text())
+        runs[dtype] = read_checkpoint(tmp_path / dtype)[0]
         assert all(v.dtype == torch.float32 for v in load_file(tmp_path / dtype / "adapter.safetensors").values())
     assert "device: cpu (bfloat16 autocast)" in capsys.readouterr().out
     f32, bf16 = (runs[d]["history"][0]["loss"] for d in ("float32", "bfloat16"))
