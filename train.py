@@ -230,11 +230,11 @@ def build_tuner(a, model, device):
     return tuner, opt, n_params, share
 
 
-def record_epoch(a, epoch, metric, losses, t_epoch, state, dev_name, opt):
+def record_epoch(a, epoch, metric, losses, seconds, state, dev_name, opt):
     """Print the epoch's line and add it to the history (and metrics.jsonl); True if its score is
     the best so far."""
     task, loss = data.TASKS[a.task], sum(losses) / max(1, len(losses))
-    seconds, lr = time.time() - t_epoch, opt.param_groups[0]["lr"]
+    lr = opt.param_groups[0]["lr"]
     total = a.epochs * state["step"] // (epoch + 1)  # at an epoch's end, step = its steps x epochs
     print(f"epoch {epoch + 1}/{a.epochs} | step {state['step']}/{total} | loss {loss:.3f} | "
           f"{dev_name} {task.metric} {metric['metric']:.4f} | lr {lr:.1e} | "
@@ -284,9 +284,10 @@ def train(a, device, t0):
                              dtype)
         if losses is None:
             return 128 + (stop[0] if stop else signal.SIGINT)  # 130: Ctrl-C, 143: SIGTERM
+        seconds = time.time() - t_epoch  # the training steps alone, not the evaluation
         with autocast(device, dtype):
             metric = evaluate(task, tuner, dev, dev_e, label_ids, device, bs)
-        if record_epoch(a, epoch, metric, losses, t_epoch, state, dev.name, opt):
+        if record_epoch(a, epoch, metric, losses, seconds, state, dev.name, opt):
             keep_adapter(a, tuner, model_name, n_params, len(train.ids), state)
         save_checkpoint(a.out, tuner, opt, state)
     state["done"] = True

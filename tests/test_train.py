@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -206,3 +207,17 @@ def test_bfloat16_autocast_trains_close_to_float32(tiny_gpt2, tmp_path, one_thre
     assert "device: cpu (bfloat16 autocast)" in capsys.readouterr().out
     f32, bf16 = (runs[d]["history"][0]["loss"] for d in ("float32", "bfloat16"))
     assert f32 != bf16 and bf16 == pytest.approx(f32, abs=0.01)
+
+
+def test_ms_per_step_counts_the_training_steps_not_the_evaluation(tiny_gpt2, tmp_path, monkeypatch,
+                                                                  capsys):
+    real = train.evaluate
+
+    def slow_evaluate(*args):
+        time.sleep(2.0)  # 1,000 ms for each of the epoch's 2 steps, if the clock counted it
+        return real(*args)
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    assert train.main(["--task", "sst2", *quick(tiny_gpt2, tmp_path / "o"), "--max-train-examples", "16",
+                       "--holdout", "8", "--epochs", "1"]) == 0
+    ms = int(re.search(r"\| (\d+) ms/step$", capsys.readouterr().out, re.M)[1])
+    assert ms < 900, ms
