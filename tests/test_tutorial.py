@@ -253,3 +253,20 @@ def test_code_quoted_in_prose_and_tables_is_in_the_code():
         for name in re.findall(r"(?<![\w.-])([A-Za-z_]\w*)(?![\w.(])", span):
             if not span.startswith("--") and name not in ("is", "e"):
                 assert re.search(rf"\b{name}\b", sources), f"a table in tutorial.md names {name}: not in the code"
+
+
+def test_one_line_commands_import_what_exists():
+    """`python -c "..."` lines in bash blocks are not run (they need a real model), but the names
+    they import must exist where they import them from."""
+    commands = []
+    for path in (TUTORIAL, os.path.join(ROOT, "exercises", "solutions", "README.md")):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        commands += re.findall(r'python -c "([^"]+)"', "".join(
+            block for lang, block, *_ in blocks(text) if lang == "bash"))
+    assert len(commands) >= 2
+    for command in commands:
+        for module, names in re.findall(r"from ([\w.]+) import ([\w, ]+)", command):
+            imported = importlib.import_module(module)
+            for name in names.replace(" ", "").split(","):
+                assert hasattr(imported, name), f"`python -c` imports {name} from {module}: not there"
