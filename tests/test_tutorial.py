@@ -73,19 +73,42 @@ def test_every_python_block_pastes_into_the_plain_prompt(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     handler = signal.getsignal(signal.SIGINT)
     console = Console({"__name__": "tutorial"})
-    python = [(code, line) for lang, code, line, _ in blocks() if lang == "python"]
+    python, shown = [], {}
+    for lang, code, line, marker in blocks():
+        if lang == "python":
+            python.append((code, line))
+        elif marker and marker.groups() == ("output", "the python block above"):
+            shown[python[-1][1]] = code
+    assert len(shown) >= 4
     try:
-        with unittest.mock.patch.dict(methods.METHODS), contextlib.redirect_stdout(io.StringIO()):
+        with unittest.mock.patch.dict(methods.METHODS):
             for snippet, first in python:
-                for i, line in enumerate(snippet.splitlines()):
-                    try:
-                        console.push(line)
-                    except Exception as err:
-                        raise AssertionError(f"tutorial.md line {first + i}, pasted: {line!r}: "
-                                             f"{type(err).__name__}: {err}") from err
-                assert not console.push(""), f"the block at tutorial.md line {first} is left open"
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):
+                    for i, line in enumerate(snippet.splitlines()):
+                        try:
+                            console.push(line)
+                        except Exception as err:
+                            raise AssertionError(f"tutorial.md line {first + i}, pasted: {line!r}: "
+                                                 f"{type(err).__name__}: {err}") from err
+                    assert not console.push(""), f"the block at tutorial.md line {first} is left open"
+                check_printed(printed.getvalue(), shown.get(first), first)
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+def check_printed(printed, shown, first):
+    """What a pasted block printed is what the text shows below it (`…` stands for anything), and a
+    block with nothing shown prints nothing: no echo of a value the text does not mention."""
+    got = printed.rstrip("\n").splitlines()
+    if shown is None:
+        assert not got, f"the block at tutorial.md line {first} prints, but the text shows nothing:\n{printed}"
+        return
+    want = shown.rstrip("\n").splitlines()
+    assert len(got) == len(want), f"the block at tutorial.md line {first} printed:\n{printed}"
+    for g, w in zip(got, want):
+        pattern = ".*".join(re.escape(part) for part in w.split("…"))
+        assert re.fullmatch(pattern, g), f"tutorial.md line {first}: printed {g!r}, the text shows {w!r}"
 
 
 def test_fences_are_labelled():
