@@ -69,7 +69,7 @@ def sync_folder(folder):
 
 
 def write_text(path, text):
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 

@@ -14,7 +14,7 @@ import unittest.mock
 
 import pytest
 
-from plumbing import methods
+from plumbing import methods, notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIAL = os.path.join(ROOT, "tutorial.md")
@@ -40,19 +40,27 @@ def blocks(text=None):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_every_python_block_runs_in_order(monkeypatch, capsys, tmp_path):
+def test_the_notebook_is_the_tutorial_and_runs_top_to_bottom(monkeypatch, capsys, tmp_path):
+    """tutorial.ipynb is what `python -m plumbing.notebook` makes of tutorial.md now, and its code
+    cells (the tutorial's python blocks, in order) run in one namespace, as a kernel runs them."""
+    with open(os.path.join(ROOT, "tutorial.ipynb"), encoding="utf-8") as f:
+        assert f.read() == notebook.render(read()), "tutorial.ipynb is stale: python -m plumbing.notebook"
+    cells = [c for c in notebook.notebook(read())["cells"] if c["cell_type"] == "code"]
+    assert cells[0]["source"][-1].startswith("%pip install")  # the set-up cell, not run here
+    python = [(code, line) for lang, code, line, _ in blocks() if lang == "python"]
+    assert ["".join(c["source"]) for c in cells[1:]] == [code.rstrip("\n") for code, _ in python]
+    assert len(python) >= 10, "fewer python blocks than expected: was a fence renamed?"
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the snippets' mkdtemp() folders land here
-    handler = signal.getsignal(signal.SIGINT)  # train.main installs its own Ctrl-C handler
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # train.main's own
     namespace = {"__name__": "tutorial"}
-    python = [(code, line) for lang, code, line, _ in blocks() if lang == "python"]
-    assert len(python) >= 10, "fewer python blocks than expected: was a fence renamed?"
     try:
         for code, line in python:
             # Padding with newlines makes a traceback point at the failing line of tutorial.md.
             exec(compile("\n" * (line - 1) + code, TUTORIAL, "exec"), namespace)
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for s, h in handlers.items():
+            signal.signal(s, h)
     assert "refused:" in capsys.readouterr().out
 
 
