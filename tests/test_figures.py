@@ -68,12 +68,15 @@ def test_figures_refuses_other_adapters_and_a_missing_matplotlib(tiny_gpt2, tmp_
 
 def test_every_image_the_docs_show_exists_and_every_figure_is_shown():
     shown = set()
-    for doc in ("tutorial.md", "README.md"):
+    docs = ["tutorial.md", "README.md"] + [os.path.join("docs", f)
+                                           for f in os.listdir(os.path.join(ROOT, "docs"))]
+    for doc in docs:
         with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
             text = f.read()
         for path in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
+            path = os.path.normpath(os.path.join(os.path.dirname(doc), path))  # relative to the doc
             assert os.path.exists(os.path.join(ROOT, path)), f"{doc} shows {path}: not there"
-            shown.add(os.path.normpath(path))
+            shown.add(path)
     figures_dir = os.path.join("assets", "figures")
     for name in os.listdir(os.path.join(ROOT, figures_dir)):
         assert os.path.join(figures_dir, name) in shown, f"{figures_dir}/{name} is shown nowhere"
