@@ -1,14 +1,21 @@
-"""The tutorial's figures: a trained LOPA adapter's prompt for two inputs, where its parameters go,
-how a right-padded batch is read, and how one frozen model serves many tasks in one batch.
+"""The tutorial's figures: LOPA's computation, the toy task and what each method makes of it, how
+the gate σ(Z_I) saturates in training, a trained LOPA adapter's prompt for two inputs, where its
+parameters go, how a right-padded batch is read, and how one frozen model serves many tasks.
 
     pip install matplotlib                 # optional, for this script only
-    python benchmarks/figures.py           # -> assets/figures/ (12 s on a busy 2-core CPU)
+    python benchmarks/figures.py           # -> assets/figures/ (about a minute on 2 cores)
     python benchmarks/figures.py --adapter runs/sst2-lopa      # another trained LOPA adapter
 
+  lopa_diagram.svg  e, MLP_u, MLP_v, Z_I, the gate and the frozen model     (tutorial section 3)
+  toy_task.svg      the toy's 16 x 16 table of a + b odd, and each method's accuracy   (section 3)
+  gate.svg          σ(Z_I) over the toy's training: saturated, per input, its slope    (section 3)
   lopa_prompt.png   Z_S, σ(Z_I) and Z for the first positive and the first negative dev sentence
   lopa_params.svg   the adapter's trainable parameters, module by module     (tutorial section 3)
   padding.svg       a right-padded batch behind a prompt, read at m + lengths - 1      (section 4)
   serving.svg       rows of two tasks in one batch through one frozen model            (section 7)
+
+The last four but two need a trained LOPA adapter (by default the study's SmolLM2 one, which
+`python benchmarks/study.py --arms lopa --seeds 0` trains); without it they are skipped.
 """
 import argparse
 import os
@@ -19,10 +26,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
+import toy  # noqa: E402
 from plumbing.adapters import load_with_model  # noqa: E402
 from plumbing.cli import UserError, cli  # noqa: E402
 from benchmarks.variants import as_variant  # noqa: E402
-from lopa import LOPA  # noqa: E402
+from lopa import LOPA, label_logits  # noqa: E402
 
 STUDY_ADAPTER = "runs/study/sst2-n2000-e2-lopa-seed0"  # SmolLM2, SST-2, 2000 examples x 2 epochs
 
@@ -202,18 +210,156 @@ def serving_picture(path, m=3):
     save(fig, path)
 
 
+def diagram_picture(path):
+    """LOPA's computation as boxes and arrows: what is trained, what is frozen (the tutorial's
+    diagram, as an image that renders anywhere)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
+    fig.subplots_adjust(0, 0, 1, 1)
+    ax.set_xlim(0, 19)
+    ax.set_ylim(0, 7.2)
+    ax.axis("off")
+    trained, frozen = ("#ffe9cc", "#d9822b"), ("#e6edf7", "#5b7db1")
+    boxes = {  # name: (x, y, width, text, colours)
+        "x": (0.2, 3.1, 2.0, "input x\n(B, T)", ("white", "grey")),
+        "enc": (3.0, 3.1, 2.6, "Enc: the frozen\nmodel, no prompt", frozen),
+        "mu": (6.6, 4.9, 2.6, "MLP_u(e)\n→ u (B, m, r)", trained),
+        "mv": (6.6, 1.3, 2.6, "MLP_v(e)\n→ v (B, d, r)", trained),
+        "zi": (10.2, 3.1, 2.4, "Z_I = u vᵀ\n(B, m, d), rank r", ("white", "grey")),
+        "z": (13.4, 3.1, 2.6, "Z = Z_S ⊙ σ(Z_I)\n(B, m, d)", ("white", "grey")),
+        "zs": (13.4, 5.6, 2.6, "Z_S (m, d)\nshared by the task", trained),
+        "fm": (16.6, 3.1, 2.2, "frozen model\n[Z ; E(x)]", frozen),
+    }
+    for x, y, w, text, (face, edge) in boxes.values():
+        ax.add_patch(plt.Rectangle((x, y), w, 1.3, facecolor=face, edgecolor=edge))
+        ax.text(x + w / 2, y + 0.65, text, ha="center", va="center", fontsize=8.5)
+
+    def arrow(a, b, label=""):
+        (xa, ya, wa, *_), (xb, yb, wb, *_) = boxes[a], boxes[b]
+        start = (xa + wa, ya + 0.65) if xb > xa + wa else (xa + wa / 2, ya)
+        end = (xb, yb + 0.65) if xb > xa + wa else (xb + wb / 2, yb + 1.3)
+        ax.annotate("", end, start, arrowprops={"arrowstyle": "->", "color": "#444444"})
+        if label:
+            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.15, label, fontsize=8,
+                    ha="center")
+    for a, b, label in (("x", "enc", ""), ("enc", "mu", "e"), ("enc", "mv", "e"),
+                        ("mu", "zi", ""), ("mv", "zi", ""), ("zi", "z", "σ"), ("zs", "z", ""),
+                        ("z", "fm", "")):
+        arrow(a, b, label)
+    ax.plot([1.2, 1.2, 17.7], [3.1, 0.75, 0.75], color="#999999", linewidth=1)
+    ax.annotate("", (17.7, 3.1), (17.7, 0.75), arrowprops={"arrowstyle": "->", "color": "#999999"})
+    ax.text(9.5, 0.85, "E(x): the input's own token embeddings follow the prompt", ha="center",
+            fontsize=8, color="grey")
+    ax.text(0.2, 0.15, "orange: trained (Z_S, MLP_u, MLP_v)    blue: frozen (the model, and the "
+            "encoder, by default the same model)", fontsize=8.5)
+    save(fig, path)
+
+
+def toy_picture(path, seeds=3, steps=300):
+    """The toy task of toy.py as a table (is a + b odd?), and what each method reaches on it."""
+    plt = pyplot()
+    runs = [toy.run(1, seed, steps) for seed in range(seeds)]
+    fig, (table, bars) = plt.subplots(1, 2, figsize=(10, 3.8),
+                                      gridspec_kw={"width_ratios": [1, 1.5]})
+    ids, _, y = toy.parity_task()
+    table.imshow(y.view(16, 16).T.numpy(), cmap="Greys", vmin=-0.6, vmax=1.4, origin="lower",
+                 extent=(0.5, 16.5, 16.5, 32.5), aspect="auto")
+    table.set_xlabel("a (one token)")
+    table.set_ylabel("b (one token)")
+    table.set_title("the toy: is a + b odd? (dark: odd)", fontsize=10)
+    names = list(runs[0])
+    means = [sum(r[n][1] for r in runs) / len(runs) for n in names]
+    colours = ["#9ecae1" if n.startswith("prompt") else "#fdae6b" for n in names]
+    bars.barh(range(len(names)), means, color=colours)
+    for i, (name, mean) in enumerate(zip(names, means)):
+        bars.text(mean + 0.01, i, f"{mean:.2f}  ({runs[0][name][0]:,} trained)", va="center",
+                  fontsize=8.5)
+    bars.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    bars.set_yticks(range(len(names)), names, fontsize=9)
+    bars.invert_yaxis()
+    bars.set_xlim(0, 1.45)
+    bars.set_xlabel(f"accuracy on the 256 pairs, mean of seeds 0-{seeds - 1} (0.5: chance)")
+    bars.set_title("a fixed prompt cannot, a prompt per input can", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+    return {n: m for n, m in zip(names, means)}
+
+
+def gate_picture(path, steps=300):
+    """σ(Z_I) over training on the toy: the share of entries near 0 or 1, how much it differs from
+    input to input, and σ'(Z_I) = σ(1 - σ), the factor every gradient to the MLPs passes through."""
+    plt = pyplot()
+    ids, lengths, y = toy.parity_task()
+    model = toy.frozen_model(1, 0)
+    torch.manual_seed(0)
+    tuner = toy.TUNERS["lopa"](model)
+    e = tuner.encode(ids, lengths)
+    opt = torch.optim.AdamW(tuner.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    curves = {"saturated": [], "spread": [], "slope": []}
+    for _ in range(steps + 1):
+        with torch.no_grad():
+            gate = as_variant(tuner).instance_term(e)                 # σ(Z_I): (256, m, d)
+        curves["saturated"].append(((gate < 0.01) | (gate > 0.99)).float().mean().item())
+        curves["spread"].append(gate.std(0).mean().item())
+        curves["slope"].append((gate * (1 - gate)).mean().item() / 0.25)
+        loss = torch.nn.functional.cross_entropy(
+            label_logits(model, tuner(ids, lengths, e), toy.LABELS), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    labels = {"saturated": "share of σ(Z_I) entries below 0.01 or above 0.99",
+              "spread": "σ(Z_I)'s spread from input to input (std)",
+              "slope": "σ'(Z_I) = σ(1 − σ), as a share of its start 0.25"}
+    for name, values in curves.items():
+        ax.plot(values, label=labels[name])
+    ax.set_xlabel("training step (LOPA on the toy, seed 0)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8.5, loc="center right")
+    fig.tight_layout()
+    save(fig, path)
+    return {k: v[-1] for k, v in curves.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--adapter", default=STUDY_ADAPTER, help="a LOPA folder written by train.py")
+    p.add_argument("--adapter", default=None, help="a LOPA folder written by train.py (default: "
+                   f"{STUDY_ADAPTER}, its figures skipped if it is not there)")
     p.add_argument("--out", default=os.path.join(ROOT, "assets", "figures"))
+    p.add_argument("--toy-seeds", type=int, default=3)
+    p.add_argument("--toy-steps", type=int, default=300)
     args = p.parse_args(argv)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("the figures need matplotlib: pip install matplotlib") from None
-    tuner, info, tokenizer = load_with_model(args.adapter, "cpu")
+    folder = args.adapter or (STUDY_ADAPTER if os.path.exists(STUDY_ADAPTER) else None)
+    adapter = folder and load_lopa(folder)  # a wrong adapter is refused before anything is drawn
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(1)  # the toy's matmuls are too small for a second thread
+    diagram_picture(os.path.join(args.out, "lopa_diagram.svg"))
+    accs = toy_picture(os.path.join(args.out, "toy_task.svg"), args.toy_seeds, args.toy_steps)
+    print("toy: " + ", ".join(f"{k} {v:.2f}" for k, v in accs.items()))
+    end = gate_picture(os.path.join(args.out, "gate.svg"), args.toy_steps)
+    print("toy gate after {n} steps: {saturated:.0%} near 0 or 1, spread {spread:.3f}, slope "
+          "{slope:.2f} of its start".format(n=args.toy_steps, **end))
+    padding_picture(os.path.join(args.out, "padding.svg"))
+    serving_picture(os.path.join(args.out, "serving.svg"))
+    if not adapter:
+        print(f"skipped lopa_prompt.png and lopa_params.svg: no adapter in {STUDY_ADAPTER}")
+        return 0
+    adapter_figures(*adapter, args.out)
+    return 0
+
+
+def load_lopa(folder):
+    tuner, info, tokenizer = load_with_model(folder, "cpu")
     if not isinstance(tuner, LOPA):
-        raise UserError(f"{args.adapter} holds a {info['method']!r} adapter; figures needs lopa")
+        raise UserError(f"{folder} holds a {info['method']!r} adapter; figures needs lopa")
+    return tuner, info, tokenizer
+
+
+def adapter_figures(tuner, info, tokenizer, out):
     task, name = data.TASKS[info["task"]], f"LOPA on {info['task']}, {info['model']}"
     examples = []
     for label in (1, 0):  # the first dev example of each class
@@ -221,15 +367,11 @@ def main(argv=None):
         ids = torch.tensor([data.tokenize(task, texts, tokenizer, max_len=256)])   # (1, T)
         short = texts[0] if len(texts[0]) < 40 else texts[0][:37] + "..."
         examples.append((f'{task.label_words[label].strip()}: "{short.strip()}"', ids))
-    os.makedirs(args.out, exist_ok=True)
-    stats = prompt_maps(tuner, examples, os.path.join(args.out, "lopa_prompt.png"), name)
+    stats = prompt_maps(tuner, examples, os.path.join(out, "lopa_prompt.png"), name)
     print("σ(Z_I): mean {gate_mean:.3f}, {saturated:.0%} of entries below 0.01 or above 0.99; "
           "|positive − negative|: largest {largest_diff:.3f}, mean {mean_diff:.4f}"
           .format(**stats))
-    param_bars(tuner, os.path.join(args.out, "lopa_params.svg"), name)
-    padding_picture(os.path.join(args.out, "padding.svg"))
-    serving_picture(os.path.join(args.out, "serving.svg"))
-    return 0
+    param_bars(tuner, os.path.join(out, "lopa_params.svg"), name)
 
 
 if __name__ == "__main__":

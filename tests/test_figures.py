@@ -34,12 +34,14 @@ def test_figures_of_a_lopa_adapter(tiny_gpt2, tmp_path, one_thread, capsys, stre
             net[3].weight.normal_(std=strength)
     save_adapter(tuner, tmp_path / "a", model=tiny_gpt2, task="sst2")
     out = tmp_path / "figures"
-    assert figures.main(["--adapter", str(tmp_path / "a"), "--out", str(out)]) == 0
-    assert sorted(os.listdir(out)) == ["lopa_params.svg", "lopa_prompt.png", "padding.svg",
-                                       "serving.svg"]
+    assert figures.main(["--adapter", str(tmp_path / "a"), "--out", str(out), "--toy-seeds", "1",
+                         "--toy-steps", "30"]) == 0
+    assert sorted(os.listdir(out)) == ["gate.svg", "lopa_diagram.svg", "lopa_params.svg",
+                                       "lopa_prompt.png", "padding.svg", "serving.svg",
+                                       "toy_task.svg"]
     assert (out / "lopa_prompt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    gate = re.search(r"σ\(Z_I\): mean ([\d.]+), (\d+)% of entries .* largest ([\d.]+)",
-                     capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    gate = re.search(r"σ\(Z_I\): mean ([\d.]+), (\d+)% of entries .* largest ([\d.]+)", printed)
     mean, saturated, largest = float(gate[1]), int(gate[2]), float(gate[3])
     if strength == 0:
         assert (mean, saturated, largest) == (0.5, 0, 0.0)
@@ -52,6 +54,10 @@ def test_figures_of_a_lopa_adapter(tiny_gpt2, tmp_path, one_thread, capsys, stre
     assert f" {16 * 32 * 2 + 32 * 2:,} ({100 * (16 * 32 * 2 + 32 * 2) / total:.1f}%)" in bars
     assert "read h at 3 + 4 − 1 = 6" in " ".join(svg_texts(out / "padding.svg"))
     assert any("one frozen" in t for t in svg_texts(out / "serving.svg"))
+    assert any("Z = Z_S ⊙ σ(Z_I)" in t for t in svg_texts(out / "lopa_diagram.svg"))
+    assert any("(0.5: chance)" in t for t in svg_texts(out / "toy_task.svg"))
+    toy_gate = re.search(r"toy gate after 30 steps: (\d+)% near 0 or 1", printed)
+    assert toy_gate and 0 <= int(toy_gate[1]) <= 100
 
 
 def test_figures_refuses_other_adapters_and_a_missing_matplotlib(tiny_gpt2, tmp_path, monkeypatch):
