@@ -13,7 +13,7 @@ Replace every e by the mean e (benchmarks/diagnose.py's ablation) and LOPA is ba
 
 Accuracy is measured on the 256 pairs the tuners train on: the toy shows what each method can
 express, not how it generalises. A trained foundation model already computes much of what a task
-needs, and then a fixed prompt only has to point at it; that is the case the study in README
+needs, and then a fixed prompt only has to point at it; that is the case the study
 measures on SST-2 (docs/study.md).
 """
 import argparse
