@@ -23,7 +23,7 @@ from plumbing.glue_files import read_parquet, read_tsv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")  # the bundled files (plumbing/glue_files.py)
-CPU_TRAIN_EXAMPLES = 2000  # train.py's default subset on a CPU: README, "Choosing the CPU budget"
+CPU_TRAIN_EXAMPLES = 2000  # train.py's subset on a CPU: docs/study.md, "Choosing the CPU budget"
 
 
 @dataclass
