@@ -211,7 +211,7 @@ class Llama(nn.Module):
         return x if return_hidden else self.lm_head(x)                      # (B, T, vocab_size)
 
     # ------------------------------------------------------------------------- speed paths
-    # forward()'s numbers for less work, as model.py's GPT has them (tests/test_llama.py checks).
+    # forward()'s numbers for less work, as model.py's GPT has them (tests/test_lopa.py checks).
 
     def hidden_at(self, embeds, at):
         """(B, d): forward(embeds=embeds, return_hidden=True)[b, at[b]]; the last block computes

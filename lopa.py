@@ -8,7 +8,7 @@ LOPA prepends to the input of a frozen model a soft prompt Z that depends on the
     u   = MLP_u(e) -> (m, r)      self.mlp_u           (B, m, r)
     v   = MLP_v(e) -> (d, r)      self.mlp_v           (B, d, r)
     Z_I = u vᵀ                    z_i                  (B, m, d)   instance-specific, rank r
-    Z   = Z_S ⊙ σ(Z_I)            self.z_s, z          (B, m, d)   Z_S is task-shared, (m, d)
+    Z   = Z_S ⊙ σ(Z_I)            self.z_s * ...       (B, m, d)   Z_S is task-shared, (m, d)
     X   = [Z ; E(x)]              last_hidden()        (B, m + T, d)
 
 with MLP = Dropout -> Linear(h_enc, H) -> tanh -> Linear(H, out). Trainable: Z_S, MLP_u, MLP_v.
@@ -17,8 +17,9 @@ serve every user's task; LoRA instead changes the server's weights.
 
 Every tuner has the same small interface: `prompt(ids, lengths, e=None)` returns the (B, m, d)
 soft prompt (None for LoRA), `trainable_parameters()` what AdamW trains. plumbing/adapters.py saves
-them; plumbing/methods.py makes each a `train.py --method`; benchmarks/variants.py holds the study's
-variants of LOPA, apart from the paper's lines.
+them; plumbing/methods.py makes each a `train.py --method` with its default learning rate.
+`--method lopa` builds the LOPA below; only a study flag (--combine, --encoder-norm, --encoder-lr)
+makes it build benchmarks/variants.py's subclass instead.
 """
 import math
 from dataclasses import dataclass

@@ -167,10 +167,10 @@ class GPT(nn.Module):
         return x if return_hidden else self.lm_head(x)                    # (B, T, vocab_size)
 
     # ------------------------------------------------------------------------- speed paths
-    # The same numbers as forward(), for less work (tests/test_model.py checks each against it).
+    # The same numbers as forward(), for less work (tests/test_lopa.py checks each against it).
     # A classifier reads one position per row, so the last block need compute nothing else; and a
-    # soft prompt that every row shares need not be computed once per row. lopa.last_hidden uses
-    # them; a first reading can skip them.
+    # soft prompt that every row shares need not be computed once per row. Training and prediction
+    # run through them (lopa.last_hidden); read forward() first, then these as forward() again.
 
     def hidden_at(self, embeds, at):
         """(B, d): forward(embeds=embeds, return_hidden=True)[b, at[b]] for every row b. The last

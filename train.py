@@ -24,9 +24,9 @@ from tqdm import tqdm
 import data
 from lopa import InstanceTuner, label_logits, last_hidden
 from plumbing import distributed, metrics
-from plumbing.adapters import save_adapter, trains_encoder
-from plumbing.checkpoints import (CHECKPOINT, check_out_folder, identify_run, own_folder,
-                                  save_checkpoint, start_or_resume, stop_on_signals)
+from plumbing.adapters import note_trained_encoder, save_adapter
+from plumbing.checkpoints import (CHECKPOINT, check_out_folder, identify_run, own_folder, resume,
+                                  save_checkpoint, stop_on_signals)
 from plumbing.cli import UserError, atomic_write, autocast, cli, pick_device, pick_dtype, write_text
 from plumbing.loading import choose_model, load_model
 from plumbing.methods import METHODS, add_method_flags, method_config, method_flags
@@ -118,6 +118,7 @@ def cache_encoder(tuner, model, train, dev, dev_h, device, batch_size):
     def encode(ids, lengths, index):
         return tuner.encode(ids, lengths)
     train_e = per_example(encode, train, device, batch_size, "encode")
+    # unless a subclass reads e its own way (exercise 8's mean pooling) or from another model
     if tuner.encoder is model and type(tuner).encode is InstanceTuner.encode:
         return train_e, dev_h
     return train_e, per_example(encode, dev, device, batch_size, f"encode {dev.name}")
@@ -152,14 +153,15 @@ def batch_loss(tuner, b, train_e, label_ids, device):
 
 
 def train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, device, dtype):
-    """One epoch of AdamW steps from state["step"]: the steps' losses, or None if Ctrl-C stopped it
-    (a checkpoint saved)."""
-    params, losses = tuner.trainable_parameters(), []
+    """One epoch of AdamW steps from state["step"]: (the epoch's losses, ms per step run here), or
+    None if Ctrl-C or SIGTERM stopped it (a checkpoint saved)."""
+    params, t0 = tuner.trainable_parameters(), time.time()
     steps_per_epoch = math.ceil(len(train.ids) / a.batch_size)
     warmup = max(1, round(0.06 * a.epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(a.seed * 1000 + epoch)  # the epoch's order, again on resume
     batches = list(data.batches(train.ids, train.labels, a.batch_size, shuffle=True, generator=gen))
     done = state["step"] - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
+    losses = state["losses"] = state.get("losses", [])[:done]  # the epoch's, kept in checkpoints
     bar = tqdm(batches[done:], desc=f"epoch {epoch + 1}/{a.epochs}", initial=done,
                total=steps_per_epoch, leave=False)
     for b in bar:
@@ -187,7 +189,7 @@ def train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, de
                   file=sys.stderr)
             return None
     bar.close()
-    return losses
+    return losses, 1000 * (time.time() - t0) / max(1, len(losses) - done)  # not the evaluation
 
 
 def check_finite(loss, step, a):
@@ -215,30 +217,27 @@ def build_tuner(a, model, device):
     """The method's tuner on the frozen model, its optimizer, and its trainable weights: how many,
     and what share of the model's."""
     torch.manual_seed(a.seed)
+    # --method lopa builds lopa.LOPA; with a study flag (--combine, ...) benchmarks/variants.py's
     tuner = METHODS[a.method].tuner(model, a.config).to(device).train()
     n_params = sum(p.numel() for p in tuner.trainable_parameters())
     n_model = sum(p.numel() for p in model.parameters())
     share = 100 * n_params / n_model  # over 100 with a trained encoder: a whole model more
     share = f"{share:.2g}%" if share < 10 else f"{share:.2f}%"  # 0.67%, 100.67% (not 1e+02%)
     print(f"method: {a.method}; trainable parameters: {n_params:,} ({share} of {n_model:,})")
-    if trains_encoder(tuner):
-        n = sum(p.numel() for p in tuner.encoder.parameters())
-        print(f"of which {n:,} are the trained encoder's: a client keeps that whole model to make "
-              f"its prompts (saved as {a.out}/encoder.safetensors); the server's model stays "
-              f"frozen")
+    note_trained_encoder(tuner, a.out)  # benchmarks/variants.py's --encoder-lr only
     opt = torch.optim.AdamW(tuner.param_groups(a.lr), lr=a.lr, weight_decay=0.0)
     return tuner, opt, n_params, share
 
 
-def record_epoch(a, epoch, metric, losses, seconds, state, dev_name, opt):
+def record_epoch(a, epoch, metric, losses, ms_per_step, state, dev_name, opt):
     """Print the epoch's line and add it to the history (and metrics.jsonl); True if its score is
     the best so far."""
     task, loss = data.TASKS[a.task], sum(losses) / max(1, len(losses))
     lr = opt.param_groups[0]["lr"]
-    total = a.epochs * state["step"] // (epoch + 1)  # at an epoch's end, step = its steps x epochs
+    total = a.epochs * state["step"] // (epoch + 1)  # all steps: epoch k ends at step k x steps
     print(f"epoch {epoch + 1}/{a.epochs} | step {state['step']}/{total} | loss {loss:.3f} | "
           f"{dev_name} {task.metric} {metric['metric']:.4f} | lr {lr:.1e} | "
-          f"{1000 * seconds / max(1, len(losses)):.0f} ms/step")
+          f"{ms_per_step:.0f} ms/step")
     state["history"].append({"epoch": epoch + 1, "step": state["step"], "loss": loss,
                              **{f"dev_{k}": v for k, v in metric.items()}})
     if distributed.is_main():  # every process keeps the state; one writes the files
@@ -247,6 +246,13 @@ def record_epoch(a, epoch, metric, losses, seconds, state, dev_name, opt):
     new_best = state["best"] is None or metric["metric"] > state["best"]["metric"]
     state["best"] = {**metric, "epoch": epoch + 1} if new_best else state["best"]
     return new_best
+
+
+def new_state(run_key):
+    """What a checkpoint keeps besides tensors: the run's flags, its step, each epoch's line, the
+    best epoch's metrics, the zero-shot ones, whether it finished (train_epoch adds "losses")."""
+    return {"run": run_key, "step": 0, "history": [], "best": None, "zero_shot": None,
+            "done": False}
 
 
 def main(argv=None):
@@ -265,11 +271,11 @@ def train(a, device, t0):
     run_key = identify_run(a, model_name, len(train_rows))
     check_out_folder(a, run_key)
     model, label_ids, train, dev = load_data(a, model_name, train_rows, dev_rows, split, device)
-    stop = stop_on_signals()
+    stop = stop_on_signals()  # a list that Ctrl-C and SIGTERM append their signal to
     tuner, opt, n_params, share = build_tuner(a, model, device)
     distributed.own_rng(a.seed)
     steps = a.epochs * math.ceil(len(train.ids) / a.batch_size)
-    state = start_or_resume(a, tuner, opt, run_key, steps)
+    state = resume(a, tuner, opt, steps) if a.resume else new_state(run_key)
     task, bs = data.TASKS[a.task], 2 * a.batch_size  # no gradients to keep: evaluation fits twice
     with autocast(device, dtype):
         zero, dev_h = zero_shot(model, dev, label_ids, task, device, bs)
@@ -279,15 +285,13 @@ def train(a, device, t0):
         train_e, dev_e = (cache_encoder(tuner, model, train, dev, dev_h, device, bs)
                           if tuner.caches_encoder else (None, None))
     for epoch in range(len(state["history"]), a.epochs):  # epochs already evaluated are done
-        t_epoch = time.time()
-        losses = train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, device,
-                             dtype)
-        if losses is None:
+        trained = train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, device,
+                              dtype)
+        if trained is None:
             return 128 + (stop[0] if stop else signal.SIGINT)  # 130: Ctrl-C, 143: SIGTERM
-        seconds = time.time() - t_epoch  # the training steps alone, not the evaluation
         with autocast(device, dtype):
             metric = evaluate(task, tuner, dev, dev_e, label_ids, device, bs)
-        if record_epoch(a, epoch, metric, losses, seconds, state, dev.name, opt):
+        if record_epoch(a, epoch, metric, *trained, state, dev.name, opt):
             keep_adapter(a, tuner, model_name, n_params, len(train.ids), state)
         save_checkpoint(a.out, tuner, opt, state)
     state["done"] = True

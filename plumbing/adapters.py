@@ -19,6 +19,14 @@ def trains_encoder(tuner):
     return isinstance(tuner, InstanceTuner) and not tuner.caches_encoder
 
 
+def note_trained_encoder(tuner, out):
+    """Say what a trained encoder (benchmarks/variants.py, --encoder-lr) costs a client."""
+    if trains_encoder(tuner):
+        n = sum(p.numel() for p in tuner.encoder.parameters())
+        print(f"of which {n:,} are the trained encoder's: a client keeps that whole model to make "
+              f"its prompts (saved as {out}/encoder.safetensors); the server's model stays frozen")
+
+
 def save_adapter(tuner, folder, **meta):
     """adapter.safetensors (the trainable tensors) + adapter.json (method, config, and whatever meta
     says: base model, task, metrics...), and encoder.safetensors for a trained encoder. No pickle: a

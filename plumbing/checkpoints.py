@@ -158,13 +158,11 @@ def check_out_folder(args, run_key):
                 os.remove(os.path.join(args.out, name))
 
 
-def start_or_resume(args, tuner, opt, run_key, total_steps):
-    state = {"run": run_key, "step": 0, "history": [], "best": None, "zero_shot": None,
-             "done": False}
-    if args.resume:
-        state = load_checkpoint(args.out, tuner, opt)
-        if state["done"]:
-            raise UserError(f"the run in {args.out} already finished; its adapter is "
-                            f"{args.out}/adapter.safetensors")
-        print(f"resuming at step {state['step']}/{total_steps}")
+def resume(args, tuner, opt, total_steps):
+    """The state of the checkpoint in --out, its tensors loaded into tuner and opt."""
+    state = load_checkpoint(args.out, tuner, opt)
+    if state["done"]:
+        raise UserError(f"the run in {args.out} already finished; its adapter is "
+                        f"{args.out}/adapter.safetensors")
+    print(f"resuming at step {state['step']}/{total_steps}")
     return state

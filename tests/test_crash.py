@@ -5,7 +5,6 @@ folder; a full disk keeps the previous files; and damaged files, odd paths and b
 import contextlib
 import errno
 import io
-import json
 import os
 import signal
 import subprocess
@@ -113,6 +112,13 @@ def test_sigterm_at_every_step_saves_and_resumes_exactly(tiny_gpt2, tmp_path, mo
         monkeypatch.setattr(train, "lr_at", real_lr_at)
         finish(tiny_gpt2, out)
         assert same(adapter(out), whole), f"SIGTERM at step {k} changed the adapter"
+        # and the log: each epoch's mean loss over all its steps, before the stop and after
+        assert history(out) == history(tmp_path / "whole"), f"SIGTERM at step {k}"
+
+
+def history(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return f.read()
 
 
 def test_one_run_owns_its_folder_and_a_killed_one_leaves_no_lock(tiny_gpt2, tmp_path):

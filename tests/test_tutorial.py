@@ -82,11 +82,11 @@ def test_every_python_block_pastes_into_the_plain_prompt(monkeypatch, tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     console = Console({"__name__": "tutorial"})
     python, shown = [], {}
-    for lang, code, line, marker in blocks():
+    for lang, text, line, marker in blocks():
         if lang == "python":
-            python.append((code, line))
+            python.append((text, line))
         elif marker and marker.groups() == ("output", "the python block above"):
-            shown[python[-1][1]] = code
+            shown[python[-1][1]] = text
     assert len(shown) >= 4
     try:
         with unittest.mock.patch.dict(methods.METHODS):
