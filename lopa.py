@@ -174,7 +174,7 @@ class LOPA(InstanceTuner):
         u = self.mlp_u(e).view(B, m, r)                               # (B, h_enc) -> (B, m, r)
         v = self.mlp_v(e).view(B, d, r)                               # (B, h_enc) -> (B, d, r)
         z_i = u @ v.transpose(1, 2)                                   # (B, m, r) @ (B, r, d)
-        return self.z_s * torch.sigmoid(z_i)                          # Z = Z_S ⊙ σ(Z_I): (B, m, d)
+        return self.z_s * torch.sigmoid(z_i)                          # Z_S ⊙ σ(Z_I): (B, m, d)
 
 
 @dataclass

@@ -287,7 +287,8 @@ def toy_picture(path, seeds=3, steps=300):
 
 def gate_picture(path, steps=300):
     """σ(Z_I) over training on the toy: the share of entries near 0 or 1, how much it differs from
-    input to input, and σ'(Z_I) = σ(1 - σ), the factor every gradient to the MLPs passes through."""
+    input to input, and σ'(Z_I) = σ(1 - σ), the factor every gradient to the MLPs passes
+    through."""
     plt = pyplot()
     ids, lengths, y = toy.parity_task()
     model = toy.frozen_model(1, 0)

@@ -59,15 +59,17 @@ class LOPAVariant(LOPA):
             self.encoder = self.encoder.requires_grad_(True)
             self.caches_encoder = False
 
+    def own_parameters(self):  # Z_S and the MLPs, without a trained encoder's
+        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
     def trainable_parameters(self):  # the encoder's first, the order its clipped norm sums them in
-        own = [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+        own = self.own_parameters()
         return own if self.caches_encoder else list(self.encoder.parameters()) + own
 
     def param_groups(self, lr):
         if self.caches_encoder:
             return super().param_groups(lr)
-        own = [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
-        return [{"params": own, "base_lr": lr},
+        return [{"params": self.own_parameters(), "base_lr": lr},
                 {"params": list(self.encoder.parameters()), "base_lr": self.config.encoder_lr}]
 
     def instance_term(self, e):

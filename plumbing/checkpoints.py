@@ -40,13 +40,14 @@ def save_checkpoint(out, tuner, opt, state):
                  lambda p: save_file(tensors, p, metadata={"state": json.dumps(state)}))
 
 
-def read_checkpoint(out):
-    """(state, tensors) of the checkpoint in out; a damaged one is one UserError line."""
+def read_checkpoint(out, tensors=True):
+    """(state, tensors) of the checkpoint in out (tensors None when not asked for: the state alone
+    is read from the file's header); a damaged one is one UserError line."""
     path = os.path.join(out, CHECKPOINT)
     try:
         with safe_open(path, "pt") as f:
             state = json.loads(f.metadata()["state"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else None
         state["step"], state["history"]  # the keys every checkpoint has
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"the checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:80]}); "
@@ -144,7 +145,7 @@ def check_out_folder(args, run_key):
         if not os.path.exists(os.path.join(args.out, CHECKPOINT)):
             raise UserError(f"nothing to resume in {args.out} (no {CHECKPOINT}); drop --resume "
                             f"to start afresh")
-        saved = read_checkpoint(args.out)[0].get("run", {})
+        saved = read_checkpoint(args.out, tensors=False)[0].get("run", {})
         if saved != run_key:
             diff = {k: (saved.get(k), v) for k, v in run_key.items() if saved.get(k) != v}
             raise UserError(f"{args.out} holds a different run (saved vs now: {diff}); use the "
