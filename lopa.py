@@ -36,22 +36,23 @@ def last_hidden(model, ids, lengths, prompt=None):
     m + lengths - 1, never at position -1. The model's speed paths compute only what is read."""
     if prompt is None:
         return model.hidden_at(model.embed(ids), lengths - 1)                   # (B, d)
+    prompt = prompt.to(model.lm_head.weight.dtype)  # float32 joins a bfloat16 model's dtype
     if prompt.dim() == 2:  # every row's prompt: the model computes it once, not B times
         return model.hidden_at_behind_prefix(ids, prompt, lengths - 1)          # (B, d)
     x = model.embed(ids)                                              # (B, T, d)
-    x = torch.cat([prompt.to(x.dtype), x], dim=1)                     # X = [Z ; E(x)]: (B, m+T, d)
+    x = torch.cat([prompt, x], dim=1)                                # X = [Z ; E(x)]: (B, m+T, d)
     return model.hidden_at(x, prompt.size(1) + lengths - 1)           # (B, d)
 
 
 def label_logits(model, hidden, label_ids):
-    """Score only the label words: (B, d) @ (d, n_labels) -> (B, n_labels), not the vocabulary."""
-    return hidden @ model.lm_head.weight[label_ids].T
+    """Score only the label words, not the vocabulary: (B, d) -> (B, n_labels), in float32."""
+    return (hidden @ model.lm_head.weight[label_ids].T).float()
 
 
 def vocab_init(model, m):
     # Real token embeddings (PEFT's SAMPLE_VOCAB): a start in the input space the model knows.
     rows = torch.randint(0, model.config.vocab_size, (m,))
-    return model.embed(rows.to(model.lm_head.weight.device)).detach().clone()  # (m, d)
+    return model.embed(rows.to(model.lm_head.weight.device)).detach().float().clone()  # (m, d)
 
 
 def init_prompt(model, m, init):

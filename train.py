@@ -52,8 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="auto", help="forward passes in float32 or bfloat16 "
-                   "(autocast; default bfloat16 on a GPU that has it)")
+    p.add_argument("--dtype", default="auto", help="float32 or bfloat16 (default: bfloat16 on a "
+                   "GPU that has it and on a CPU with AVX-512 BF16 or AMX)")
     p.add_argument("--max-len", type=int, default=256,
                    help="longest input in tokens (sentences are cut, never the template)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
@@ -202,15 +202,16 @@ def check_finite(loss, step, a):
 
 # ----------------------------------------------------------------------------- main
 
-def load_data(a, model_name, train_rows, dev_rows, split, device):
-    """The model, the label words' token ids, and the train and dev Splits tokenized for it."""
+def load_data(a, model_name, train_rows, dev_rows, split, device, dtype):
+    """The model (held in dtype: its weights cast once), the label words' token ids, and the
+    train and dev Splits tokenized for it."""
     task = data.TASKS[a.task]
     model, tokenizer = load_model(model_name)
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
     max_len = min(a.max_len, model.config.n_positions - getattr(a.config, "m", 0))
     train = data.tokenize_split("train", task, train_rows, tokenizer, max_len)
     dev = data.tokenize_split(split, task, dev_rows, tokenizer, max_len)
-    return model.to(device), label_ids, train, dev
+    return model.to(device, dtype), label_ids, train, dev
 
 
 def build_tuner(a, model, device):
@@ -263,14 +264,13 @@ def main(argv=None):
 
 
 def train(a, device, t0):
-    dtype = pick_dtype(a.dtype, device)
-    model_name, why = choose_model(a.model)
-    mixed = "" if dtype == torch.float32 else f" ({str(dtype)[6:]} autocast)"
-    print(f"model: {model_name} ({why}); device: {device}{mixed}")
+    (dtype, dtype_why), (model_name, why) = pick_dtype(a.dtype, device), choose_model(a.model)
+    print(f"model: {model_name} ({why}); device: {device}; {str(dtype)[6:]} ({dtype_why})")
     train_rows, dev_rows, split = data.choose_rows(a, device)
     run_key = identify_run(a, model_name, len(train_rows))
     check_out_folder(a, run_key)
-    model, label_ids, train, dev = load_data(a, model_name, train_rows, dev_rows, split, device)
+    model, label_ids, train, dev = load_data(a, model_name, train_rows, dev_rows, split, device,
+                                             dtype)
     stop = stop_on_signals()  # a list that Ctrl-C and SIGTERM append their signal to
     tuner, opt, n_params, share = build_tuner(a, model, device)
     distributed.own_rng(a.seed)

@@ -1,10 +1,12 @@
-"""Shared fixtures: a tiny GPT-2 checkpoint on disk, and single-threaded torch for tiny models."""
+"""Shared fixtures: a tiny GPT-2 checkpoint on disk, single-threaded torch for tiny models, and
+float32 as --dtype auto's choice on every CPU."""
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+import plumbing.cli
 from model import GPT, GPTConfig
 
 
@@ -34,3 +36,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def float32_on_every_cpu(monkeypatch):
+    """In-process runs see a CPU without bfloat16 hardware: --dtype auto is float32, so pinned and
+    compared numbers do not depend on the machine. tests/test_dtype.py tests the choice itself;
+    subprocess runs that compare numbers pass --dtype float32."""
+    monkeypatch.setattr(plumbing.cli, "native_bfloat16", lambda: None)

@@ -20,7 +20,8 @@ METHODS = ("lopa", "prompt", "lora")
 def flags(model, out, *extra):
     # 46 examples in batches of 9: shares of 5 and 4 rows, and a last batch of 1 that leaves rank 1 nothing
     return ["--task", "rte", "--model", model, "--out", str(out), "--max-train-examples", "46",
-            "--batch-size", "9", "--m", "4", "--hidden", "16", "--lora-r", "2", "--seed", "1", *extra]
+            "--batch-size", "9", "--m", "4", "--hidden", "16", "--lora-r", "2", "--seed", "1",
+            "--dtype", "float32", *extra]
 
 
 def torchrun(runs, timeout=300):

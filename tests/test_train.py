@@ -196,15 +196,24 @@ def test_the_held_out_slice_follows_dev_lengths_and_leaves_training():
     assert short([train_rows[i] for i in held]) < 0.06
 
 
-def test_bfloat16_autocast_trains_close_to_float32(tiny_gpt2, tmp_path, one_thread, capsys):
-    # --dtype bfloat16 on a CPU too: the forward passes in bfloat16, parameters and loss in float32
+def test_bfloat16_holds_the_model_in_bfloat16_and_trains_in_float32(tiny_gpt2, tmp_path, one_thread,
+                                                                      capsys, monkeypatch):
+    # --dtype bfloat16: the frozen model cast once; the tuner, AdamW's state and the loss in float32
+    held, real = {}, train.build_tuner
+    def build_tuner(a, model, device):
+        held[a.dtype] = {p.dtype for p in model.parameters()}
+        return real(a, model, device)
+    monkeypatch.setattr(train, "build_tuner", build_tuner)
     runs = {}
     for dtype in ("float32", "bfloat16"):
         assert train.main(["--task", "rte", *quick(tiny_gpt2, tmp_path / dtype), "--epochs", "1",
                            "--dtype", dtype]) == 0
         runs[dtype] = read_checkpoint(tmp_path / dtype)[0]
         assert all(v.dtype == torch.float32 for v in load_file(tmp_path / dtype / "adapter.safetensors").values())
-    assert "device: cpu (bfloat16 autocast)" in capsys.readouterr().out
+        opt = [v for k, v in load_file(tmp_path / dtype / "checkpoint.safetensors").items() if "exp_avg" in k]
+        assert opt and all(v.dtype == torch.float32 for v in opt)  # AdamW's moments
+    assert held == {"float32": {torch.float32}, "bfloat16": {torch.bfloat16}}
+    assert "device: cpu; bfloat16 (--dtype)" in capsys.readouterr().out
     f32, bf16 = (runs[d]["history"][0]["loss"] for d in ("float32", "bfloat16"))
     assert f32 != bf16 and bf16 == pytest.approx(f32, abs=0.01)
 
