@@ -2,7 +2,7 @@
 one run.
 
     pip install transformers peft          # optional extras, for this script only
-    python benchmarks/speed.py             # GPT-2 small shape, random weights, float32
+    python benchmarks/speed.py             # GPT-2 small shape, random weights, float32 and bfloat16
 
     python benchmarks/speed.py --tokens 24 # an SST-2-like shape: short inputs
 
@@ -11,9 +11,17 @@ frozen, AdamW over the tuner only, cross-entropy on two label words at the last 
 contenders take turns, one step each per round (A B C A B C ...), after warm-up rounds: a slow
 spell on a shared machine then slows every contender of that round, and each ratio is the median
 of its per-round ratios, printed with their range. This machine's own matmul speed is measured in
-the same rounds, as one more contender.
+the same rounds, as one more contender, in float32 and in bfloat16.
+
+bfloat16 rows run as train.py runs on a CPU with bfloat16 hardware (plumbing.cli.autocast): the model
+held in bfloat16, the tuner's parameters, AdamW and the loss in float32. HF+PEFT's bfloat16 row gets
+the same: its model in bfloat16, under the same autocast and attention kernel, with the whole LM
+head and with logits_to_keep=1. (In bfloat16 on a CPU, torch 2.13 runs HF's last-position head,
+(B, 1, d) sliced from (B, T, d), as a batched product that first copies the (d, vocab) weight once
+per row, which makes logits_to_keep=1 the slower of the two there.)
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -23,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plumbing.cli import autocast  # noqa: E402
 from plumbing.loading import load_gpt2_weights  # noqa: E402
 from lopa import LOPA, PromptConfig, PromptTuning, label_logits  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -66,9 +75,9 @@ def activation_mb(label_scores, frozen):
     return sum(seen.values()) / 2**20
 
 
-def matmul(n=2048, repeats=3):
-    """A step of pure float32 matmuls, the machine's reference speed: returns (step, its FLOPs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul(n=2048, repeats=3, dtype=torch.float32):
+    """A step of pure matmuls in dtype, the machine's reference speed: returns (step, its FLOPs)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     def step():
         for _ in range(repeats):
             a @ b
@@ -100,18 +109,21 @@ def main():
     lengths = torch.full((B,), T)
     y = torch.randint(0, 2, (B,))
     words = torch.tensor([6635, 1049])  # " terrible", " great"
-    print(f"GPT-2 small shape ({a.layers} layers), float32, batch {B}, {T} tokens, m = {m}, "
+    print(f"GPT-2 small shape ({a.layers} layers), float32 and bfloat16, batch {B}, {T} tokens, m = {m}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def train_step(label_scores, params):
-        """One AdamW step on the cross-entropy of label_scores() -> (B, 2)."""
+    def train_step(label_scores, params, dtype=torch.float32):
+        """One AdamW step on the cross-entropy of label_scores() -> (B, 2), its forward in dtype."""
         opt = torch.optim.AdamW(params, lr=1e-3)
+        def scores():
+            with autocast("cpu", dtype):
+                return label_scores().float()
         def step():
-            loss = F.cross_entropy(label_scores(), y)
+            loss = F.cross_entropy(scores(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        step.label_scores = label_scores
+        step.label_scores = scores
         return step
 
     pt = PromptTuning(ours, PromptConfig(m=m))
@@ -121,6 +133,16 @@ def main():
                                                           num_virtual_tokens=m))
     with torch.no_grad():
         ref.prompt_encoder["default"].embedding.weight.copy_(pt.z_s)
+    # bfloat16: the frozen models cast once; the tuners' parameters stay float32
+    ours16 = copy.deepcopy(ours).to(torch.bfloat16)
+    pt16, lopa16 = PromptTuning(ours16, PromptConfig(m=m)), LOPA(ours16)
+    with torch.no_grad(), autocast("cpu", torch.bfloat16):
+        enc16 = lopa16.encode(ids, lengths)
+    ref16 = peft.get_peft_model(copy.deepcopy(hf).to(torch.bfloat16), peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=m))
+    for p in ref16.parameters():  # PEFT's prompt in float32, as ours
+        if p.requires_grad:
+            p.data = p.data.float()
 
     def forward_only(label_scores):
         @torch.no_grad()
@@ -151,10 +173,24 @@ def main():
         "ours eval (forward only)": forward_only(
             lambda: label_logits(ours, pt(ids, lengths), words)),
         "HF+PEFT eval (forward only)": forward_only(hf_scores),
+        "ours prompt tuning, bfloat16": train_step(
+            lambda: label_logits(ours16, pt16(ids, lengths), words), pt16.trainable_parameters(),
+            torch.bfloat16),
+        "ours LOPA, cached e, bfloat16": train_step(
+            lambda: label_logits(ours16, lopa16(ids, lengths, enc16), words),
+            lopa16.trainable_parameters(), torch.bfloat16),
+        "HF+PEFT prompt tuning, bfloat16": train_step(
+            lambda: ref16(input_ids=ids).logits[:, -1, words],
+            [p for p in ref16.parameters() if p.requires_grad], torch.bfloat16),
+        "HF+PEFT prompt tuning, keep=1, bfloat16": train_step(
+            lambda: ref16(input_ids=ids, logits_to_keep=1).logits[:, -1, words],
+            [p for p in ref16.parameters() if p.requires_grad], torch.bfloat16),
     }
     reference, reference_flops = matmul()
-    times = interleaved({**steps, "matmul 2048 x 2048 (reference)": reference}, a.warmup, a.rounds)
-    frozen = list(ours.parameters()) + list(ref.parameters())
+    reference16, _ = matmul(dtype=torch.bfloat16)
+    times = interleaved({**steps, "matmul 2048 x 2048 (reference)": reference,
+                         "matmul 2048 x 2048, bfloat16": reference16}, a.warmup, a.rounds)
+    frozen = [p for x in (ours, ref, ours16, ref16) for p in x.parameters()]
     mem = {k: activation_mb(s.label_scores, frozen) for k, s in steps.items()
            if hasattr(s, "label_scores")}
 
@@ -186,6 +222,19 @@ def main():
     print(f"speedup vs HF+PEFT prompt tuning: {shown(ratio(hf, pt))}")
     print(f"ours LOPA with cached e vs HF+PEFT prompt tuning with logits_to_keep=1: "
           f"{shown(ratio(keep, cached))}")
+    pt16, cached16 = times["ours prompt tuning, bfloat16"], times["ours LOPA, cached e, bfloat16"]
+    print(f"bfloat16 / float32 speedup: prompt tuning {shown(ratio(pt, pt16))}, "
+          f"LOPA with cached e {shown(ratio(cached, cached16))}")
+    print(f"bfloat16, ours prompt tuning vs HF+PEFT's with logits_to_keep=1: "
+          f"{shown(ratio(times['HF+PEFT prompt tuning, keep=1, bfloat16'], pt16))}, "
+          f"vs HF+PEFT's with the whole LM head: "
+          f"{shown(ratio(times['HF+PEFT prompt tuning, bfloat16'], pt16))}")
+    rate16 = [reference_flops / r for r in times["matmul 2048 x 2048, bfloat16"]]
+    share16 = ratio([2 * fwd / p for p in pt16], rate16)
+    print(f"achieved {2 * fwd / statistics.median(pt16) / 1e9:.0f} GFLOP/s in our bfloat16 "
+          f"prompt-tuning step, {shown([100 * x for x in share16], '%', 0)} of this machine's "
+          f"bfloat16 matmul ({statistics.median(rate16) / 1e9:.0f} GFLOP/s; float32 "
+          f"{statistics.median([reference_flops / r for r in times['matmul 2048 x 2048 (reference)']]) / 1e9:.0f})")
 
 if __name__ == "__main__":
     main()
