@@ -23,7 +23,8 @@ from plumbing.glue_files import read_parquet, read_tsv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "assets", "glue")  # the bundled files (plumbing/glue_files.py)
-CPU_TRAIN_EXAMPLES = 2000  # train.py's subset on a CPU: docs/study.md, "Choosing the CPU budget"
+# train.py's subset on a CPU, by the run's dtype: docs/study.md, "Choosing the CPU budget"
+CPU_TRAIN_EXAMPLES = {torch.float32: 2000, torch.bfloat16: 4000}
 
 
 @dataclass
@@ -135,9 +136,10 @@ def holdout_rows(train_rows, dev_rows, n):
     return held
 
 
-def choose_rows(args, device):
-    """(training rows, evaluation rows, evaluation split's name): a seeded subset of train, and dev
-    or, under --holdout, a slice of train held out of training (the same slice for every seed)."""
+def choose_rows(args, device, dtype):
+    """(training rows, evaluation rows, evaluation split's name): a seeded subset of train (on a
+    CPU, dtype's budget), and dev or, under --holdout, a slice of train held out (the same for
+    every seed)."""
     train_rows, dev_rows = load_split(args.task, "train"), load_split(args.task, "dev")
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed))
     if args.holdout:
@@ -148,7 +150,7 @@ def choose_rows(args, device):
         keep = torch.tensor(sorted(set(range(len(train_rows))) - set(held)))
         dev_rows = [train_rows[i] for i in held]
         order = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(args.seed))]
-    limit = args.max_train_examples or ("all" if device != "cpu" else str(CPU_TRAIN_EXAMPLES))
+    limit = args.max_train_examples or (CPU_TRAIN_EXAMPLES[dtype] if device == "cpu" else "all")
     n_train = len(order) if limit == "all" else min(int(limit), len(order))
     hint = ("" if n_train == len(order) else
             " (a random subset; --max-train-examples all trains on every one)")

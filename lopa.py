@@ -285,9 +285,7 @@ if __name__ == "__main__":
     for label, model in models.items():
         d = model.config.n_embd
         for tuner in (PromptTuning(model), LOPA(model), LoRA(model), IDPG(model)):
-            name = tuner.method
             counted = sum(p.numel() for p in tuner.trainable_parameters())
-            layers = getattr(tuner, "layers", {}).values()
-            lora_shapes = [(x.in_features, x.out_features) for x in layers]
-            formula = closed_form(name, d, d, lora_shapes=lora_shapes)
-            print(f"{label:32s} {name:8s} {counted:11,d} {formula:11,d}")
+            io = [(x.in_features, x.out_features) for x in getattr(tuner, "layers", {}).values()]
+            formula = closed_form(tuner.method, d, d, lora_shapes=io)
+            print(f"{label:32s} {tuner.method:8s} {counted:11,d} {formula:11,d}")

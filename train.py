@@ -40,8 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="auto", help="hub id, folder, .gguf file, smollm2, or auto")
     p.add_argument("--method", default="lopa", help=", ".join(METHODS))
     p.add_argument("--epochs", type=int, default=2)
+    cpu = ", ".join(f"{n} in {str(t)[6:]}" for t, n in data.CPU_TRAIN_EXAMPLES.items())
     p.add_argument("--max-train-examples", default=None,
-                   help=f"N or 'all' (default: all on a GPU, {data.CPU_TRAIN_EXAMPLES} on a CPU)")
+                   help=f"N or 'all' (default: all on a GPU; on a CPU {cpu})")
     p.add_argument("--holdout", type=int, default=0, help="evaluate on N training examples held "
                    "out of training instead of dev: to choose settings without touching dev")
     p.add_argument("--batch-size", type=int, default=16)
@@ -203,8 +204,7 @@ def check_finite(loss, step, a):
 # ----------------------------------------------------------------------------- main
 
 def load_data(a, model_name, train_rows, dev_rows, split, device, dtype):
-    """The model (held in dtype: its weights cast once), the label words' token ids, and the
-    train and dev Splits tokenized for it."""
+    """The model (held in dtype), the label words' token ids, train and dev tokenized for it."""
     task = data.TASKS[a.task]
     model, tokenizer = load_model(model_name)
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
@@ -266,7 +266,7 @@ def main(argv=None):
 def train(a, device, t0):
     (dtype, dtype_why), (model_name, why) = pick_dtype(a.dtype, device), choose_model(a.model)
     print(f"model: {model_name} ({why}); device: {device}; {str(dtype)[6:]} ({dtype_why})")
-    train_rows, dev_rows, split = data.choose_rows(a, device)
+    train_rows, dev_rows, split = data.choose_rows(a, device, dtype)
     run_key = identify_run(a, model_name, len(train_rows))
     check_out_folder(a, run_key)
     model, label_ids, train, dev = load_data(a, model_name, train_rows, dev_rows, split, device,
