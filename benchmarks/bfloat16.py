@@ -1,0 +1,134 @@
+"""bfloat16 on a CPU that multiplies it in hardware: what it costs in accuracy, and the budget it
+buys (SST-2, LOPA, SmolLM2). The rule these runs serve was fixed before them: docs/study.md, "The
+budget in bfloat16".
+
+    python benchmarks/bfloat16.py                    # every run below (resuming), then the record
+    python benchmarks/bfloat16.py --report           # the record from the runs finished so far
+
+Each run is `python train.py --task sst2 --model smollm2 --seed S FLAGS --out RUNS/NAME-sS` in its own
+process, its output in RUNS/NAME-sS.log (whose summary line gives the run's wall time), one after
+the other: a run's time is its own only when nothing else runs beside it. --dtype is left at auto,
+which is bfloat16 on such a CPU; the script refuses to run elsewhere. Writes benchmarks/bfloat16.json
+and .md: each row's scores, mean ± std and wall times, and the paired differences the rule reads,
+with their 95% t-intervals. Until every float32 run is rerun here, that row holds the study's own
+float32 scores (study.json, lopa) and the reruns finished so far as rerun_scores.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from results import hardware  # noqa: E402
+from study import mean_std, paired  # noqa: E402
+
+from plumbing.cli import atomic_write, pick_dtype, write_text  # noqa: E402
+
+HERE = os.path.join(ROOT, "benchmarks")
+RUNS = {  # name: (train.py flags, what the run is for), in the order they run
+    "ho-bf16-n2000": (["--holdout", "500", "--max-train-examples", "2000"],
+                      "held-out, bfloat16, 2,000 x 2 (the old default's budget)"),
+    "ho-bf16-n4000": (["--holdout", "500", "--max-train-examples", "4000"],
+                      "held-out, bfloat16, 4,000 x 2 (the candidate, sized by time)"),
+    "dev-bf16-n4000": (["--max-train-examples", "4000"], "dev, bfloat16, 4,000 x 2"),
+    "dev-bf16-n2000": (["--max-train-examples", "2000"], "dev, bfloat16, 2,000 x 2"),
+    "dev-fp32-n2000": (["--max-train-examples", "2000", "--dtype", "float32"],
+                       "dev, float32, 2,000 x 2 (the study's lopa row until rerun here)"),
+}
+PAIRS = [("ho-bf16-n4000", "ho-bf16-n2000"), ("dev-bf16-n2000", "dev-fp32-n2000"),
+         ("dev-bf16-n4000", "dev-fp32-n2000")]
+
+
+def finished(runs, name, seed):
+    """(dev or held-out score, wall seconds) of a finished run, else None."""
+    folder = os.path.join(runs, f"{name}-s{seed}")
+    try:
+        with open(folder + ".log", encoding="utf-8") as f:
+            done = re.search(r"^done in (\d+) s", f.read().replace("\r", "\n"), re.M)
+        with open(os.path.join(folder, "adapter.json")) as f:
+            score = json.load(f)["metrics"]["dev"]["metric"]
+    except OSError:
+        return None
+    return (score, int(done.group(1))) if done else None
+
+
+def run(runs, name, seed):
+    folder = os.path.join(runs, f"{name}-s{seed}")
+    resume = ["--resume"] if os.path.exists(os.path.join(folder, "checkpoint.safetensors")) else []
+    cmd = [sys.executable, "train.py", "--task", "sst2", "--model", "smollm2", "--seed", str(seed),
+           *RUNS[name][0], "--out", folder, *resume]
+    with open(folder + ".log", "w", encoding="utf-8") as log:
+        if subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode:
+            sys.exit(f"error: `{' '.join(cmd[1:])}` failed; see {folder}.log")
+
+
+def report(runs, seeds):
+    with open(os.path.join(HERE, "study.json")) as f:
+        study = next(r for r in json.load(f)["rows"] if r["arm"] == "lopa")
+    rows = {}
+    for name, (flags, what) in RUNS.items():
+        got = {s: r for s in seeds if (r := finished(runs, name, s))}
+        scores = {str(s): score for s, (score, _) in got.items()}
+        rerun = scores
+        if name == "dev-fp32-n2000" and len(scores) < len(seeds):  # until all are rerun here
+            scores = dict(study["scores"])
+        if scores:
+            mean, std = mean_std(scores.values())
+            rows[name] = {"name": name, "flags": flags, "what": what, "scores": scores,
+                          "mean": mean, "std": std,
+                          "wall_s": {str(s): t for s, (_, t) in got.items()}}
+            if rerun is not scores:
+                rows[name]["rerun_scores"] = rerun  # the same command again, on this machine
+    for a, b in PAIRS:
+        if a in rows and b in rows:
+            common = sorted(set(rows[a]["scores"]) & set(rows[b]["scores"]))
+            rows[a][f"minus_{b}"] = paired([rows[a]["scores"][s] for s in common],
+                                           [rows[b]["scores"][s] for s in common])
+    out = {"task": "sst2", "method": "lopa", "model": "smollm2", "hardware": hardware(),
+           "command": "python benchmarks/bfloat16.py", "rows": list(rows.values())}
+    atomic_write(os.path.join(HERE, "bfloat16.json"),
+                 lambda p: write_text(p, json.dumps(out, indent=1) + "\n"))
+    atomic_write(os.path.join(HERE, "bfloat16.md"), lambda p: write_text(p, markdown(out)))
+    print(markdown(out))
+
+
+def markdown(out):
+    lines = [f"# bfloat16 against float32, and the bfloat16 budget: {out['task']}, {out['method']}, "
+             f"{out['model']}", "", f"Hardware: {out['hardware']}. Command: `{out['command']}`.", "",
+             "| run | scores by seed | mean ± std | wall s by seed | paired difference, 95% interval |",
+             "|---|---|---|---|---|"]
+    for r in out["rows"]:
+        scores = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
+        walls = ", ".join(str(v) for v in r["wall_s"].values()) or "-"
+        diffs = "; ".join(f"{k[6:]}: {100 * p['mean']:+.2f} [{100 * p['low']:+.2f}, "
+                          f"{100 * p['high']:+.2f}]" for k, p in r.items()
+                          if k.startswith("minus_") and p["low"] is not None) or "-"
+        lines.append(f"| {r['what']} | {scores} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
+                     f"{walls} | {diffs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs", "bfloat16"))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--report", action="store_true", help="no runs: the record of those finished")
+    a = p.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if not a.report:
+        if pick_dtype("auto", "cpu")[0] != pick_dtype("bfloat16", "cpu")[0]:
+            sys.exit("error: this CPU has no AVX-512 BF16 or AMX: these runs measure bfloat16 there")
+        os.makedirs(a.runs, exist_ok=True)
+        for name in RUNS:
+            for s in seeds:
+                if not finished(a.runs, name, s):
+                    run(a.runs, name, s)
+    report(a.runs, seeds)
+
+
+if __name__ == "__main__":
+    main()
