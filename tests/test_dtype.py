@@ -1,5 +1,6 @@
 """--dtype auto: bfloat16 on a CPU that multiplies it in hardware (AVX-512 BF16 or AMX) and on a CUDA GPU
 that has it, float32 elsewhere; and bfloat16's logits within a stated distance of float32's."""
+import argparse
 import copy
 import importlib.util
 import os
@@ -67,3 +68,17 @@ def test_bfloat16_label_logits_stay_close_to_float32():
         assert (x - y).abs().max() <= 0.08 * x.abs().mean(), k
         mx, my = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
         assert (mx - my).abs().max() <= 0.5 and ((mx > 0) == (my > 0)).sum() >= 60, k
+
+
+def test_the_cpu_budget_follows_the_dtype(capsys):
+    # docs/study.md, "The budget in bfloat16": a bfloat16 step is about twice as fast, so twice the data
+    a = argparse.Namespace(task="rte", seed=0, holdout=0, max_train_examples=None)
+    n = {dtype: len(data.choose_rows(a, "cpu", dtype)[0]) for dtype in (torch.float32, torch.bfloat16)}
+    assert n == {torch.float32: 2000, torch.bfloat16: 2490}  # RTE has 2,490: all of them
+    a.task = "sst2"
+    assert len(data.choose_rows(a, "cpu", torch.bfloat16)[0]) == 4000
+    assert len(data.choose_rows(a, "cpu", torch.float32)[0]) == 2000
+    assert len(data.choose_rows(a, "cuda", torch.bfloat16)[0]) == 67349  # a GPU: every example
+    a.max_train_examples = "300"  # asked for: obeyed whatever the dtype
+    assert len(data.choose_rows(a, "cpu", torch.bfloat16)[0]) == 300
+    assert "training on 300 of 67,349 examples" in capsys.readouterr().out
