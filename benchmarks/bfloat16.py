@@ -37,7 +37,7 @@ RUNS = {  # name: (train.py flags, what the run is for), in the order they run
     "dev-bf16-n4000": (["--max-train-examples", "4000"], "dev, bfloat16, 4,000 x 2"),
     "dev-bf16-n2000": (["--max-train-examples", "2000"], "dev, bfloat16, 2,000 x 2"),
     "dev-fp32-n2000": (["--max-train-examples", "2000", "--dtype", "float32"],
-                       "dev, float32, 2,000 x 2 (the study's lopa row until rerun here)"),
+                       "dev, float32, 2,000 x 2 (the float32 default)"),
 }
 PAIRS = [("ho-bf16-n4000", "ho-bf16-n2000"), ("dev-bf16-n2000", "dev-fp32-n2000"),
          ("dev-bf16-n4000", "dev-fp32-n2000")]
