@@ -106,10 +106,11 @@ def pick_dtype(name, device):
     if device.startswith("cuda"):
         has = torch.cuda.is_bf16_supported()
         return (torch.bfloat16, "this GPU has it") if has else (torch.float32, "this GPU lacks it")
-    if device == "cpu" and native_bfloat16():
-        return torch.bfloat16, f"this CPU has {native_bfloat16()}"
-    return torch.float32, ("this CPU has no AVX-512 BF16 or AMX" if device == "cpu"
-                           else f"bfloat16 is not chosen on {device}")
+    if device != "cpu":
+        return torch.float32, f"bfloat16 is not chosen on {device}"
+    feature = native_bfloat16()  # one CPU feature query, its answer also the reason
+    return (torch.bfloat16, f"this CPU has {feature}") if feature else (
+        torch.float32, "this CPU has no AVX-512 BF16 or AMX")
 
 
 def autocast(device, dtype):
