@@ -38,9 +38,15 @@ RUNS = {  # name: (train.py flags, what the run is for), in the order they run
     "dev-bf16-n2000": (["--max-train-examples", "2000"], "dev, bfloat16, 2,000 x 2"),
     "dev-fp32-n2000": (["--max-train-examples", "2000", "--dtype", "float32"],
                        "dev, float32, 2,000 x 2 (the float32 default)"),
+    # Since 8a9bdd5 attention multiplies in bfloat16 (plumbing.cli.math_attention_in); the runs
+    # above came before it. The default run again, and the README's other methods beside it:
+    "dev-lopa": ([], "dev, the default run (bfloat16, 4,000 x 2), attention in bfloat16"),
+    "dev-prompt": (["--method", "prompt"], "dev, prompt tuning, as the default run"),
+    "dev-lora": (["--method", "lora"], "dev, LoRA, as the default run"),
 }
 PAIRS = [("ho-bf16-n4000", "ho-bf16-n2000"), ("dev-bf16-n2000", "dev-fp32-n2000"),
-         ("dev-bf16-n4000", "dev-fp32-n2000")]
+         ("dev-bf16-n4000", "dev-fp32-n2000"), ("dev-lopa", "dev-fp32-n2000"),
+         ("dev-lopa", "dev-bf16-n4000"), ("dev-prompt", "dev-lopa"), ("dev-lora", "dev-lopa")]
 
 
 def finished(runs, name, seed):
