@@ -96,10 +96,13 @@ class Attention(nn.Module):
         k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
         return q, k, v
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache=None):
         q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
-        # Causal masking is enough: batches are right-padded, as in model.py's GPT.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)        # (B, nh, T, hs)
+        if cache is None:  # causal masking is enough: batches are right-padded, as in model.py
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
+        else:  # generate.py: these keys and values join the cached ones, as in model.py
+            k, v, mask = cache.extend(self, k, v)                          # mask (B, 1, T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T, d)
 
     def at(self, x, cos, sin, at):  # speed path: one query per row (model.py's GPT.hidden_at)
@@ -145,8 +148,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin):  # pre-norm residual block
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)         # (B, T, d)
+    def forward(self, x, cos, sin, cache=None):  # pre-norm residual block
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # (B, T, d)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def at(self, x, cos, sin, at):  # speed path: the block at one position per row (B, 1, d)
@@ -188,25 +191,28 @@ class Llama(nn.Module):
     def embed(self, ids):
         return self.model.embed_tokens(ids)  # (B, T) -> (B, T, d): the input a soft prompt joins
 
-    def rope(self, T, device, dtype):
+    def rope(self, T, device, dtype, positions=None):
         """(cos, sin), each (T, hs): the rotary angles of positions 0..T-1, soft prompt included,
-        computed in float32 as Hugging Face does."""
+        computed in float32 as Hugging Face does; or (B, 1, T, hs) at a cache's positions (B, T)."""
         if T > self.config.n_positions:
             raise UserError(f"sequence of {T} tokens is longer than the model's "
                             f"{self.config.n_positions} positions")
         hs = self.config.n_embd // self.config.n_head
         inv_freq = 1.0 / self.config.rope_theta ** (
             torch.arange(0, hs, 2, device=device).float() / hs)              # (hs/2,)
-        angles = torch.outer(torch.arange(T, device=device).float(), inv_freq).repeat(1, 2)
-        return angles.cos().to(dtype), angles.sin().to(dtype)               # (T, hs) each
+        pos = torch.arange(T, device=device) if positions is None else positions[:, None]
+        angles = pos.float()[..., None] * inv_freq                          # (.., T, hs/2)
+        angles = torch.cat([angles, angles], dim=-1)                        # (.., T, hs)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def forward(self, ids=None, *, embeds=None, return_hidden=False):
+    def forward(self, ids=None, *, embeds=None, return_hidden=False, cache=None):
         """Token ids (B, T), or their embeddings (B, T, d), -> logits (B, T, vocab_size), or the
-        final hidden states (B, T, d) with return_hidden: model.py's GPT.forward."""
+        final hidden states (B, T, d) with return_hidden: model.py's GPT.forward, cache included."""
         x = self.embed(ids) if embeds is None else embeds                   # (B, T, d)
-        cos, sin = self.rope(x.size(1), x.device, x.dtype)
+        positions = None if cache is None else cache.positions                 # (B, T)
+        cos, sin = self.rope(x.size(1), x.device, x.dtype, positions)
         for block in self.model.layers:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, cache)
         x = self.model.norm(x)                                              # (B, T, d)
         return x if return_hidden else self.lm_head(x)                      # (B, T, vocab_size)
 

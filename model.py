@@ -12,7 +12,6 @@ Every model in this project (GPT-2 here, the Llama family in llama.py) offers th
 (whose weight rows a caller can pick to score only a few words), and two speed paths at the end of
 the class, `hidden_at` and `hidden_at_behind_prefix`, that give forward()'s numbers for less work.
 """
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -54,11 +53,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)                       # 3 x (B, T, C)
         return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
-        # Causal masking alone is enough in this project: batches are right-padded, so a real
-        # token never attends to a pad, and the pads' own outputs are never read.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
+        if cache is None:
+            # Causal masking alone is enough in this project: batches are right-padded, so a real
+            # token never attends to a pad, and the pads' own outputs are never read.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
+        else:  # generate.py: these keys and values join the cached ones, (B, nh, S, hs)
+            k, v, mask = cache.extend(self, k, v)                      # mask (B, 1, T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T, C)
 
     def at(self, x, at):  # speed path: one query per row, at its position at (B,)
@@ -102,8 +105,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):  # pre-LayerNorm residual block
-        x = x + self.attn(self.ln_1(x))                               # (B, T, C)
+    def forward(self, x, cache=None):  # pre-LayerNorm residual block
+        x = x + self.attn(self.ln_1(x), cache)                        # (B, T, C)
         return x + self.mlp(self.ln_2(x))
 
     def at(self, x, at):  # speed path: the block at one position per row (B, 1, C)
@@ -156,13 +159,15 @@ class GPT(nn.Module):
                             f"{self.config.n_positions} positions")
         return self.transformer.wpe(torch.arange(T, device=device))
 
-    def forward(self, ids=None, *, embeds=None, return_hidden=False):
+    def forward(self, ids=None, *, embeds=None, return_hidden=False, cache=None):
         """Token ids (B, T), or their embeddings (B, T, d) with a soft prompt in front, -> logits
-        (B, T, vocab_size), or the final hidden states (B, T, d) with return_hidden."""
+        (B, T, vocab_size), or the final hidden states (B, T, d) with return_hidden. With a cache
+        (generate.py), the T tokens follow those cached, at the positions it gives (B, T)."""
         x = self.embed(ids) if embeds is None else embeds                 # (B, T, d)
-        x = x + self.positions(x.size(1), x.device)
+        x = x + (self.positions(x.size(1), x.device) if cache is None
+                 else self.transformer.wpe(cache.positions))
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, cache)
         x = self.transformer.ln_f(x)                                      # (B, T, d)
         return x if return_hidden else self.lm_head(x)                    # (B, T, vocab_size)
 
@@ -192,22 +197,3 @@ class GPT(nn.Module):
             read = at if block is self.transformer.h[-1] else None        # the last block reads
             x, p = block.behind_prefix(x, p, read)
         return self.transformer.ln_f(x[:, 0])                             # (B, d)
-
-
-@torch.no_grad()
-def generate(model, ids, max_new_tokens, temperature=0.0, top_k=None):
-    """Continue (B, T) token ids: greedy when temperature == 0, else sample (optionally from the
-    top k)."""
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -model.config.n_positions:])[:, -1, :]  # (B, vocab_size)
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, -math.inf)
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1)
-        ids = torch.cat([ids, nxt], dim=1)                                # (B, T + 1)
-    return ids
-

