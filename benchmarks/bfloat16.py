@@ -43,10 +43,13 @@ RUNS = {  # name: (train.py flags, what the run is for), in the order they run
     "dev-lopa": ([], "dev, the default run (bfloat16, 4,000 x 2), attention in bfloat16"),
     "dev-prompt": (["--method", "prompt"], "dev, prompt tuning, as the default run"),
     "dev-lora": (["--method", "lora"], "dev, LoRA, as the default run"),
+    "dev-lopa-n2000": (["--max-train-examples", "2000"],
+                       "dev, bfloat16, 2,000 x 2, attention in bfloat16"),
 }
 PAIRS = [("ho-bf16-n4000", "ho-bf16-n2000"), ("dev-bf16-n2000", "dev-fp32-n2000"),
          ("dev-bf16-n4000", "dev-fp32-n2000"), ("dev-lopa", "dev-fp32-n2000"),
-         ("dev-lopa", "dev-bf16-n4000"), ("dev-prompt", "dev-lopa"), ("dev-lora", "dev-lopa")]
+         ("dev-lopa", "dev-bf16-n4000"), ("dev-prompt", "dev-lopa"), ("dev-lora", "dev-lopa"),
+         ("dev-lopa-n2000", "dev-fp32-n2000")]
 
 
 def finished(runs, name, seed):
