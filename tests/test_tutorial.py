@@ -223,7 +223,7 @@ def test_mentioned_files_flags_and_names_exist():
     method_flags = set(train.method_flags())  # made from the methods' configs, not written out
     for flag in {f for span in spans for f in re.findall(r"(?<![\w-])--[a-z][a-z-]*", span)} - {"--no-deps"}:
         assert f'"{flag}"' in sources or flag in method_flags, f"tutorial.md mentions {flag}, which no script defines"
-    names = ("data", "lopa", "model", "train", "llama", "torch", "benchmarks.variants",
+    names = ("data", "lopa", "model", "train", "llama", "generate", "torch", "benchmarks.variants",
              *(f"plumbing.{name}" for name in ("adapters", "checkpoints", "cli", "distributed",
                                               "glue_files", "loading", "methods", "metrics")),
              *(f"exercises.solutions.{name}" for name in
