@@ -37,23 +37,26 @@ class KVCache:
         self.keys_values = {}   # attention layer -> (keys, values), each (B, nh, S, hs)
         self.real = None        # (B, S) bool: False where a row holds a pad
         self.positions = None   # (B, t): the positions of the t tokens being added
+        self.mask = None        # (B, 1, t, S): which entries each new token may read
 
     def add(self, real):
         """Announce t more tokens per row; real (B, t) is False at pads. Returns the cache."""
         self.real = real if self.real is None else torch.cat([self.real, real], dim=1)  # (B, S)
-        self.positions = self.real.cumsum(1)[:, -real.size(1):] - 1        # (B, t)
+        (S, t), device = (self.real.size(1), real.size(1)), real.device
+        self.positions = self.real.cumsum(1)[:, -t:] - 1                   # (B, t)
+        # new token i reads the real entries up to itself; every layer reads the same mask
+        causal = torch.ones(t, S, dtype=torch.bool, device=device).tril(diagonal=S - t)
+        self.mask = (causal & self.real[:, None, :])[:, None]             # (B, 1, t, S)
         return self
 
     def extend(self, layer, k, v):
         """The t new tokens' keys and values (B, nh, t, hs) join layer's cached ones. Returns all of
-        them and which each new query may read, (B, 1, t, S): real entries, up to itself."""
+        them and which each new query may read, (B, 1, t, S)."""
         if layer in self.keys_values:
             k0, v0 = self.keys_values[layer]
             k, v = torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2)    # (B, nh, S, hs)
         self.keys_values[layer] = k, v
-        S, t = k.size(2), self.positions.size(1)
-        causal = torch.ones(t, S, dtype=torch.bool, device=k.device).tril(diagonal=S - t)
-        return k, v, (causal & self.real[:, None, :])[:, None]             # (B, 1, t, S)
+        return k, v, self.mask
 
 
 def next_token(logits, temperature=0.0, top_k=None):
