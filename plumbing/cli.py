@@ -124,18 +124,18 @@ def autocast(device, dtype):
     stack.enter_context(torch.autocast(torch.device(device).type, dtype=dtype))
     if torch.device(device).type == "cpu":
         stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-        stack.enter_context(math_attention_in(dtype))
+        stack.enter_context(math_attention_in_low_precision())
     return stack
 
 
 @contextlib.contextmanager
-def math_attention_in(dtype):
+def math_attention_in_low_precision():
     """The math attention kernel copies bfloat16 inputs to float32 unless told not to; told, it
     multiplies in bfloat16 with float32 sums, as a bfloat16 matmul does. The switch lives in
     torch.backends.cuda but holds on every device; it is set for the forward pass only (the
     backward follows the graph the forward recorded)."""
     allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(dtype != torch.float32)
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
     try:
         yield
     finally:
