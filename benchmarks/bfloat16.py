@@ -5,13 +5,12 @@ budget in bfloat16".
     python benchmarks/bfloat16.py                    # every run below (resuming), then the record
     python benchmarks/bfloat16.py --report           # the record from the runs finished so far
 
-Each run is `python train.py --task sst2 --model smollm2 --seed S FLAGS --out RUNS/NAME-sS` in its own
-process, its output in RUNS/NAME-sS.log (whose summary line gives the run's wall time), one after
-the other: a run's time is its own only when nothing else runs beside it. --dtype is left at auto,
-which is bfloat16 on such a CPU; the script refuses to run elsewhere. Writes benchmarks/bfloat16.json
-and .md: each row's scores, mean ± std and wall times, and the paired differences the rule reads,
-with their 95% t-intervals. Until every float32 run is rerun here, that row holds the study's own
-float32 scores (study.json, lopa) and the reruns finished so far as rerun_scores.
+Each run is `python train.py --task sst2 --model smollm2 --seed S FLAGS --out RUNS/NAME-sS` in its
+own process, its output in RUNS/NAME-sS.log (whose summary line gives the run's wall time), one
+after the other: a run's time is its own only when nothing else runs beside it. --dtype is left at
+auto, which is bfloat16 on such a CPU; the script refuses to run elsewhere. Writes
+benchmarks/bfloat16.json and .md: each row's scores, mean ± std and wall times, and the paired
+differences the rule reads, with their 95% t-intervals.
 """
 import argparse
 import json
@@ -38,7 +37,7 @@ RUNS = {  # name: (train.py flags, what the run is for), in the order they run
     "dev-bf16-n2000": (["--max-train-examples", "2000"], "dev, bfloat16, 2,000 x 2"),
     "dev-fp32-n2000": (["--max-train-examples", "2000", "--dtype", "float32"],
                        "dev, float32, 2,000 x 2 (the float32 default)"),
-    # Since 8a9bdd5 attention multiplies in bfloat16 (plumbing.cli.math_attention_in); the runs
+    # Since 8a9bdd5 attention multiplies in bfloat16 (plumbing.cli.autocast); the runs
     # above came before it. The default run again, and the README's other methods beside it:
     "dev-lopa": ([], "dev, the default run (bfloat16, 4,000 x 2), attention in bfloat16"),
     "dev-prompt": (["--method", "prompt"], "dev, prompt tuning, as the default run"),
@@ -76,22 +75,15 @@ def run(runs, name, seed):
 
 
 def report(runs, seeds):
-    with open(os.path.join(HERE, "study.json")) as f:
-        study = next(r for r in json.load(f)["rows"] if r["arm"] == "lopa")
     rows = {}
     for name, (flags, what) in RUNS.items():
         got = {s: r for s in seeds if (r := finished(runs, name, s))}
         scores = {str(s): score for s, (score, _) in got.items()}
-        rerun = scores
-        if name == "dev-fp32-n2000" and len(scores) < len(seeds):  # until all are rerun here
-            scores = dict(study["scores"])
         if scores:
             mean, std = mean_std(scores.values())
             rows[name] = {"name": name, "flags": flags, "what": what, "scores": scores,
                           "mean": mean, "std": std,
                           "wall_s": {str(s): t for s, (_, t) in got.items()}}
-            if rerun is not scores:
-                rows[name]["rerun_scores"] = rerun  # the same command again, on this machine
     for a, b in PAIRS:
         if a in rows and b in rows:
             common = sorted(set(rows[a]["scores"]) & set(rows[b]["scores"]))
@@ -106,10 +98,11 @@ def report(runs, seeds):
 
 
 def markdown(out):
-    lines = [f"# bfloat16 against float32, and the bfloat16 budget: {out['task']}, {out['method']}, "
-             f"{out['model']}", "", f"Hardware: {out['hardware']}. Command: `{out['command']}`.", "",
-             "| run | scores by seed | mean ± std | wall s by seed | paired difference, 95% interval |",
-             "|---|---|---|---|---|"]
+    lines = [f"# bfloat16 against float32, and the bfloat16 budget: {out['task']}, "
+             f"{out['method']}, {out['model']}", "",
+             f"Hardware: {out['hardware']}. Command: `{out['command']}`.", "",
+             "| run | scores by seed | mean ± std | wall s by seed "
+             "| paired difference, 95% interval |", "|---|---|---|---|---|"]
     for r in out["rows"]:
         scores = ", ".join(f"{100 * v:.2f}" for v in r["scores"].values())
         walls = ", ".join(str(v) for v in r["wall_s"].values()) or "-"
@@ -130,7 +123,8 @@ def main():
     seeds = [int(s) for s in a.seeds.split(",")]
     if not a.report:
         if pick_dtype("auto", "cpu")[0] != pick_dtype("bfloat16", "cpu")[0]:
-            sys.exit("error: this CPU has no AVX-512 BF16 or AMX: these runs measure bfloat16 there")
+            sys.exit("error: this CPU has no AVX-512 BF16 or AMX: "
+                     "these runs measure bfloat16 there")
         os.makedirs(a.runs, exist_ok=True)
         for name in RUNS:
             for s in seeds:
