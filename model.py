@@ -12,7 +12,7 @@ Every model in this project (GPT-2 here, the Llama family in llama.py) offers th
 (whose weight rows a caller can pick to score only a few words), and two speed paths at the end of
 the class, `hidden_at` and `hidden_at_behind_prefix`, that give forward()'s numbers for less work.
 """
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,16 +29,6 @@ class GPTConfig:
     n_layer: int = 12                # transformer blocks
     n_head: int = 12                 # attention heads; head size = n_embd // n_head
     layer_norm_epsilon: float = 1e-5
-
-    @classmethod
-    def from_hf(cls, cfg: dict):
-        if cfg.get("activation_function", "gelu_new") != "gelu_new":
-            raise UserError(f"config.json asks for activation {cfg['activation_function']!r}; "
-                            f"only GPT-2's gelu_new is built here")
-        if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 768)):
-            raise UserError("config.json sets n_inner != 4 * n_embd, "
-                            "which this GPT-2 does not support")
-        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
 
 class CausalSelfAttention(nn.Module):

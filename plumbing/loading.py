@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import fields
 
 import torch
 from safetensors.torch import save_file
@@ -95,10 +96,20 @@ def load_folder(folder):
         raise UserError(f"model_type {kind!r} in {cfg_path} is not supported; "
                         f"use a gpt2 or llama checkpoint")
     try:
-        model = GPT(GPTConfig.from_hf(cfg))
+        model = GPT(gpt2_config(cfg))
     except TypeError as e:
         raise UserError(f"{cfg_path} has a value of the wrong type ({e})") from None
     return load_gpt2_weights(model, read_state_dict(weights[0])).eval(), load_tokenizer(folder)
+
+
+def gpt2_config(cfg):
+    """model.GPTConfig from a Hugging Face GPT-2 config.json's dict."""
+    if cfg.get("activation_function", "gelu_new") != "gelu_new":
+        raise UserError(f"config.json asks for activation {cfg['activation_function']!r}; "
+                        f"only GPT-2's gelu_new is built here")
+    if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 768)):
+        raise UserError("config.json sets n_inner != 4 * n_embd, which this GPT-2 does not support")
+    return GPTConfig(**{f.name: cfg[f.name] for f in fields(GPTConfig) if f.name in cfg})
 
 
 def download(repo_id):
