@@ -36,9 +36,9 @@ class Task:
     label_words: list      # what the LM should say next for each label id: 1 token, leading space
     template: str          # prompt with slots {0}, {1}; the label word is the token right after it
     metric: str            # GLUE's main metric: "acc", "f1" (positive class 1) or "mcc"
-    files: dict = field(default_factory=dict)  # split -> .tsv in the data dir (default
-                                               # <name>/<split>.tsv) or .parquet on the hub
+    files: dict = field(default_factory=dict)  # split -> a .tsv here (<name>/<split>.tsv) or hub
     columns: tuple = ()    # column names of train/dev files that have no header line (CoLA)
+    generates = False      # a class label is the answer, not text (generate.TextTask: True)
     literals: list = field(init=False, repr=False)  # the template's text around the slots
     slots: list = field(init=False, repr=False)     # (text number, space before it?) per slot
 
@@ -231,7 +231,7 @@ def tokenize_split(name, task, rows, tokenizer, max_len):
 def batches(examples_ids, labels, batch_size, shuffle, generator=None):
     """Yield dicts of ids (B, T) right-padded with 0, lengths (B,), labels (B,) and index (B,): the
     examples' positions in examples_ids. Every example exactly once; batches hold examples of
-    similar length."""
+    similar length. Labels that are lists (a task that writes) stay a list."""
     if not examples_ids:
         return
     lengths = torch.tensor([len(x) for x in examples_ids], dtype=torch.long)  # (N,)
@@ -251,5 +251,6 @@ def batches(examples_ids, labels, batch_size, shuffle, generator=None):
         ids = torch.zeros(len(index), int(lens.max()), dtype=torch.long)     # (B, T)
         for row, i in enumerate(index.tolist()):
             ids[row, :lens[row]] = torch.tensor(examples_ids[i], dtype=torch.long)
-        yield {"ids": ids, "lengths": lens,
-               "labels": torch.tensor([labels[i] for i in index.tolist()]), "index": index}
+        ys = [labels[i] for i in index.tolist()]
+        ys = ys if isinstance(ys[0], list) else torch.tensor(ys)
+        yield {"ids": ids, "lengths": lens, "labels": ys, "index": index}

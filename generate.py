@@ -20,12 +20,17 @@ token sits at position m + lengths[b] whatever the padding; pads never take a po
 equals decoding each row alone, and recomputing the whole sequence at every step (use_cache=False),
 token for token (tests/test_generate.py).
 """
+import csv
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from data import Split, batches, clean, token_ids
 from plumbing.cli import UserError
+from plumbing.metrics import bleu
 
 
 class KVCache:
@@ -105,3 +110,121 @@ def generate(model, ids, max_new_tokens, temperature=0.0, top_k=None, *, lengths
             seq = torch.cat([seq[0], x], 1), torch.cat([seq[1], real], 1)  # (B, S + 1, d), ...
             cache, (x, real), read = KVCache(), seq, torch.full_like(read, seq[1].size(1) - 1)
     return new
+
+
+# ----------------------------------------------------------------------------- a task that writes
+
+E2E_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "e2e")
+
+
+@dataclass
+class TextTask:
+    """A task whose answer is text: E2E NLG (Novikova, Dušek and Rieser 2017). A restaurant's
+    meaning representation (MR) in, e.g. "name[The Eagle], eatType[pub], area[riverside]", a
+    one-sentence description out. Each MR has several human references; BLEU reads them all."""
+    name: str
+    template: str               # the input, {} the MR; the description follows it after a space
+    cpu_train_examples: dict    # train.py's subset on a CPU by dtype, as data.CPU_TRAIN_EXAMPLES
+    metric: str = "bleu"        # corpus BLEU-4 in percent (plumbing/metrics.py)
+    held_out: int = 47          # MRs of the training file held out to choose the epoch on
+    max_new_tokens: int = 64    # the longest description (longer: 4 of 4,672 references)
+    generates = True            # train.py's cue: the target's loss and BLEU, not label words
+
+    def read(self, split):
+        """{mr: [its references]} in file order. "train" is E2E's official development set (the
+        official training set is not bundled); "test" is its official test set."""
+        out, name = {}, {"train": "devset.csv", "test": "testset_w_refs.csv"}[split]
+        with open(os.path.join(E2E_DIR, name), encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                out.setdefault(row["mr"], []).append(row["ref"])
+        return out
+
+
+TASKS = {"e2e": TextTask("e2e", "Restaurant: {}\nDescription:",
+                         {torch.float32: 1000, torch.bfloat16: 2000})}
+
+
+def choose_pairs(args, device, dtype):
+    """(training (MR, reference) pairs, held-out (MR, [references]) rows, "held-out"): the training
+    file split by MR, so that no MR is both trained on and held out. The held-out MRs are the same
+    for every seed (--holdout N: N of them); the other MRs' pairs are shuffled by the seed and, on a
+    CPU, cut to the task's budget for dtype."""
+    task = TASKS[args.task]
+    by_mr = task.read("train")
+    mrs, n_held = list(by_mr), args.holdout or task.held_out
+    if n_held >= len(mrs):
+        raise UserError(f"--holdout {n_held} holds out every one of {len(mrs)} MRs; use fewer")
+    order = torch.randperm(len(mrs), generator=torch.Generator().manual_seed(12345)).tolist()
+    held = [(mrs[i], by_mr[mrs[i]]) for i in order[:n_held]]
+    pairs = [(mrs[i], ref) for i in order[n_held:] for ref in by_mr[mrs[i]]]
+    pick = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    budget = task.cpu_train_examples[dtype] if device == "cpu" else "all"
+    limit = args.max_train_examples or budget
+    n = len(pairs) if limit == "all" else min(int(limit), len(pairs))
+    print(f"task: {args.task}; training on {n:,} of {len(pairs):,} (MR, reference) pairs of "
+          f"{len(mrs) - n_held} MRs; held-out: {n_held} MRs (all from E2E's development set)")
+    return [pairs[i] for i in pick[:n]], held, "held-out"
+
+
+def tokenize_pairs(name, task, rows, tokenizer, max_len):
+    """(MR, reference) pairs -> ids: the filled template; labels: the reference's tokens and end of
+    text, the target. (MR, [references]) rows -> labels: the references, as text, for BLEU."""
+    eos, ids, labels = end_of_text(tokenizer), [], []
+    for mr, ref in rows:
+        ids.append(token_ids(tokenizer, task.template.format(clean(mr)))[-max_len:])
+        labels.append(ref if isinstance(ref, list) else
+                      token_ids(tokenizer, " " + clean(ref))[:task.max_new_tokens] + [eos])
+    return Split(name, ids, labels)
+
+
+def end_of_text(tokenizer):
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    if eos is None:
+        raise UserError("this tokenizer has no <|endoftext|> token to end a description with")
+    return eos
+
+
+def target_loss(tuner, b, e, device):
+    """Teacher forcing: the mean cross-entropy of the target tokens (reference + end of text), each
+    given [prompt ; input ; the target's earlier tokens]. The prompt, template and MR are never
+    scored, and the prompt is made from the input alone (LOPA's e reads the MR, not the target)."""
+    n_in, targets = b["lengths"], b["labels"]                         # (B,), B lists of ids
+    n_all = n_in + torch.tensor([len(t) for t in targets])              # (B,)
+    seq = torch.zeros(len(targets), int(n_all.max()), dtype=torch.long)  # (B, S): input, target
+    for r, t in enumerate(targets):
+        seq[r, :n_in[r]], seq[r, n_in[r]:n_all[r]] = b["ids"][r, :n_in[r]], torch.tensor(t)
+    columns = torch.arange(seq.size(1))
+    scored = (columns >= n_in[:, None]) & (columns < n_all[:, None])   # (B, S): target tokens
+    seq, scored = seq.to(device), scored.to(device)
+    x = tuner.model.embed(seq)                                         # (B, S, d)
+    prompt = tuner.prompt(seq, n_in.to(device), e)                     # (B, m, d) or None
+    if prompt is not None:  # row b's prompt reads its input: seq[b, :n_in[b]]
+        x = torch.cat([prompt.to(x.dtype), x], dim=1)                  # (B, m + S, d)
+    h = tuner.model(embeds=x, return_hidden=True)[:, x.size(1) - seq.size(1):]  # (B, S, d)
+    # the token at column s is predicted from column s - 1's hidden state
+    logits = tuner.model.lm_head(h[:, :-1][scored[:, 1:]]).float()     # (N targets, vocab)
+    return F.cross_entropy(logits, seq[scored])
+
+
+@torch.no_grad()
+def write(model, split, prompt_of, tokenizer, device, batch_size, max_new_tokens):
+    """A description of every example of split, in its order: greedy, batched and KV-cached, behind
+    prompt_of(ids, lengths, index), a (B, m, d) prompt or None (zero-shot: the template alone). A
+    description ends at end of text or at its first line break."""
+    eos, texts = end_of_text(tokenizer), [None] * len(split.ids)
+    for b in batches(split.ids, split.labels, batch_size, shuffle=False):
+        ids, lengths, index = b["ids"].to(device), b["lengths"].to(device), b["index"].to(device)
+        new = generate(model, ids, max_new_tokens, lengths=lengths,
+                       prompt=prompt_of(ids, lengths, index), eos=eos)
+        for i, row in zip(b["index"].tolist(), new.tolist()):
+            text = tokenizer.decode(row[:row.index(eos)] if eos in row else row)
+            texts[i] = " ".join(text.strip().split("\n")[0].split())  # one line, spaces single
+    return texts
+
+
+def score(model, split, prompt_of, tokenizer, device, batch_size, max_new_tokens):
+    """{"metric": corpus BLEU of split's descriptions against every reference of their MR, "bleu":
+    the same}: the split's labels are its references."""
+    value = bleu(write(model, split, prompt_of, tokenizer, device, batch_size, max_new_tokens),
+                 split.labels)
+    return {"metric": value, "bleu": value}

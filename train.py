@@ -1,11 +1,12 @@
-"""Train LOPA (or prompt tuning, LoRA, IDPG) on a GLUE task with a frozen language model.
+"""Train LOPA (or prompt tuning, LoRA, IDPG) on a GLUE task or E2E with a frozen language model.
 
     python train.py --task sst2                     # LOPA; GPT-2 if reachable, else SmolLM2 offline
     python train.py --task rte --method prompt --epochs 3 --max-train-examples all
+    python train.py --task e2e                      # writes text: generate.py
     torchrun --nproc_per_node 4 train.py --task sst2  # 4 processes: plumbing/distributed.py
 
-One plain loop: zero-shot baseline, then epochs of AdamW steps on the label words' cross-entropy at
-the last real token, an evaluation on dev after each epoch, the best-on-dev adapter kept in --out.
+One plain loop: zero-shot baseline, then epochs of AdamW steps on the label words' (E2E: the target
+text's) cross-entropy, an evaluation on dev after each epoch, the best-on-dev adapter kept in --out.
 Ctrl-C or SIGTERM saves a checkpoint that --resume continues from, exactly. `train` reads as the
 steps below.
 """
@@ -16,12 +17,14 @@ import os
 import signal
 import sys
 import time
+from collections import ChainMap
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import generate
 from lopa import InstanceTuner, label_logits, last_hidden
 from plumbing import distributed, metrics
 from plumbing.adapters import note_trained_encoder, save_adapter
@@ -31,20 +34,22 @@ from plumbing.cli import UserError, atomic_write, autocast, cli, pick_device, pi
 from plumbing.loading import choose_model, load_model
 from plumbing.methods import METHODS, add_method_flags, method_config, method_flags
 
+TASKS = ChainMap(generate.TASKS, data.TASKS)  # both, and any task added since (exercise 7)
+
 
 # ----------------------------------------------------------------------------- the command line
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True, help=f"one of: {', '.join(data.TASKS)}")
+    p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--model", default="auto", help="hub id, folder, .gguf file, smollm2, or auto")
     p.add_argument("--method", default="lopa", help=", ".join(METHODS))
     p.add_argument("--epochs", type=int, default=2)
     cpu = ", ".join(f"{n} in {str(t)[6:]}" for t, n in data.CPU_TRAIN_EXAMPLES.items())
     p.add_argument("--max-train-examples", default=None,
                    help=f"N or 'all' (default: all on a GPU; on a CPU {cpu})")
-    p.add_argument("--holdout", type=int, default=0, help="evaluate on N training examples held "
-                   "out of training instead of dev: to choose settings without touching dev")
+    p.add_argument("--holdout", type=int, default=0, help="evaluate on N training examples (E2E: "
+                   "MRs) held out of training, not dev: to choose settings without touching dev")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help="default: the method's own ("
                    + ", ".join(f"{name} {m.lr:g}" for name, m in METHODS.items()) + ")")
@@ -69,8 +74,8 @@ def parse_args(argv=None):
 
 
 def check_args(a):
-    if a.task not in data.TASKS:
-        raise UserError(f"unknown task {a.task!r}; choose one of: {', '.join(data.TASKS)}")
+    if a.task not in TASKS:
+        raise UserError(f"unknown task {a.task!r}; choose one of: {', '.join(TASKS)}")
     if a.method not in METHODS:
         raise UserError(f"unknown method {a.method!r}; choose one of: {', '.join(METHODS)}")
     if a.holdout < 0:
@@ -104,8 +109,11 @@ def per_example(fn, split, device, batch_size, desc):
     return distributed.gather_rows(out, len(split.ids), device)
 
 
-def zero_shot(model, dev, label_ids, task, device, batch_size):
-    """The template alone, no prompt: its score, and dev's final hidden states (N, d) on the way."""
+def zero_shot(model, dev, label_ids, tokenizer, task, device, batch_size):
+    """The template alone, no prompt: its score, and dev's final hidden states (N, d) or None."""
+    if task.generates:
+        return generate.score(model, dev, lambda *_: None, tokenizer, device, batch_size,
+                              task.max_new_tokens), None
     dev_h = per_example(lambda ids, lengths, index: last_hidden(model, ids, lengths), dev,
                         device, batch_size, "zero-shot")
     preds = label_logits(model, dev_h, label_ids).argmax(-1).tolist()
@@ -120,20 +128,28 @@ def cache_encoder(tuner, model, train, dev, dev_h, device, batch_size):
         return tuner.encode(ids, lengths)
     train_e = per_example(encode, train, device, batch_size, "encode")
     # unless a subclass reads e its own way (exercise 8's mean pooling) or from another model
-    if tuner.encoder is model and type(tuner).encode is InstanceTuner.encode:
+    if dev_h is not None and tuner.encoder is model and type(tuner).encode is InstanceTuner.encode:
         return train_e, dev_h
     return train_e, per_example(encode, dev, device, batch_size, f"encode {dev.name}")
 
 
-def evaluate(task, tuner, split, e, label_ids, device, batch_size):
-    """The task metric of the tuned model on a split (e: its cached encoder vectors, or None)."""
+def evaluate(task, tuner, split, e, label_ids, tokenizer, device, batch_size):
+    """The task metric of the tuned model on a split (e: its cached encoder vectors, or None). A
+    task that writes is written greedily behind each row's prompt and scored by BLEU."""
     def hidden(ids, lengths, index):
         return tuner(ids, lengths, None if e is None else e[index])
+    def prompt(ids, lengths, index):
+        return tuner.prompt(ids, lengths, None if e is None else e[index])
     tuner.eval()
-    h = per_example(hidden, split, device, batch_size, split.name)
+    if task.generates:
+        out = generate.score(tuner.model, split, prompt, tokenizer, device, batch_size,
+                             task.max_new_tokens)
+    else:
+        h = per_example(hidden, split, device, batch_size, split.name)
+        preds = label_logits(tuner.model, h, label_ids).argmax(-1).tolist()
+        out = metrics.score(task, preds, split.labels)
     tuner.train()
-    preds = label_logits(tuner.model, h, label_ids).argmax(-1).tolist()
-    return metrics.score(task, preds, split.labels)
+    return out
 
 
 # ----------------------------------------------------------------------------- training
@@ -148,6 +164,8 @@ def batch_loss(tuner, b, train_e, label_ids, device):
     if not len(b["index"]):  # under torchrun, a batch smaller than the world leaves some nothing
         return torch.zeros((), device=device, requires_grad=True)
     e = None if train_e is None else train_e[b["index"].to(device)]             # (B, h_enc)
+    if label_ids is None:  # a task that writes: the target text's cross-entropy
+        return generate.target_loss(tuner, b, e, device)
     h = tuner(b["ids"].to(device), b["lengths"].to(device), e)                   # (B, d)
     logits = label_logits(tuner.model, h, label_ids)                           # (B, n_labels)
     return F.cross_entropy(logits, b["labels"].to(device))
@@ -203,15 +221,17 @@ def check_finite(loss, step, a):
 
 # ----------------------------------------------------------------------------- main
 
-def load_data(a, model_name, train_rows, dev_rows, split, device, dtype):
-    """The model (held in dtype), the label words' token ids, train and dev tokenized for it."""
-    task = data.TASKS[a.task]
+def load_data(a, task, model_name, train_rows, dev_rows, split, device, dtype):
+    """The model (held in dtype), its tokenizer, the label words' token ids (None for a task that
+    writes), train and dev tokenized for it."""
     model, tokenizer = load_model(model_name)
-    label_ids = torch.tensor(data.label_token_ids(task, tokenizer), device=device)
     max_len = min(a.max_len, model.config.n_positions - getattr(a.config, "m", 0))
-    train = data.tokenize_split("train", task, train_rows, tokenizer, max_len)
-    dev = data.tokenize_split(split, task, dev_rows, tokenizer, max_len)
-    return model.to(device, dtype), label_ids, train, dev
+    tokenize = generate.tokenize_pairs if task.generates else data.tokenize_split
+    label_ids = (None if task.generates else
+                 torch.tensor(data.label_token_ids(task, tokenizer), device=device))
+    train = tokenize("train", task, train_rows, tokenizer, max_len)
+    dev = tokenize(split, task, dev_rows, tokenizer, max_len)
+    return model.to(device, dtype), tokenizer, label_ids, train, dev
 
 
 def build_tuner(a, model, device):
@@ -233,7 +253,7 @@ def build_tuner(a, model, device):
 def record_epoch(a, epoch, metric, losses, ms_per_step, state, dev_name, opt):
     """Print the epoch's line and add it to the history (and metrics.jsonl); True if its score is
     the best so far."""
-    task, loss = data.TASKS[a.task], sum(losses) / max(1, len(losses))
+    task, loss = TASKS[a.task], sum(losses) / max(1, len(losses))
     lr = opt.param_groups[0]["lr"]
     total = a.epochs * state["step"] // (epoch + 1)  # all steps: epoch k ends at step k x steps
     print(f"epoch {epoch + 1}/{a.epochs} | step {state['step']}/{total} | loss {loss:.3f} | "
@@ -250,8 +270,7 @@ def record_epoch(a, epoch, metric, losses, ms_per_step, state, dev_name, opt):
 
 
 def new_state(run_key):
-    """What a checkpoint keeps besides tensors: the run's flags, its step, each epoch's line, the
-    best epoch's metrics, the zero-shot ones, whether it finished (train_epoch adds "losses")."""
+    """What a checkpoint keeps besides tensors (train_epoch adds the epoch's "losses")."""
     return {"run": run_key, "step": 0, "history": [], "best": None, "zero_shot": None,
             "done": False}
 
@@ -266,19 +285,20 @@ def main(argv=None):
 def train(a, device, t0):
     (dtype, dtype_why), (model_name, why) = pick_dtype(a.dtype, device), choose_model(a.model)
     print(f"model: {model_name} ({why}); device: {device}; {str(dtype)[6:]} ({dtype_why})")
-    train_rows, dev_rows, split = data.choose_rows(a, device, dtype)
+    task, bs = TASKS[a.task], 2 * a.batch_size  # no gradients to keep: evaluation fits twice
+    choose_rows = generate.choose_pairs if task.generates else data.choose_rows
+    train_rows, dev_rows, split = choose_rows(a, device, dtype)
     run_key = identify_run(a, model_name, len(train_rows))
     check_out_folder(a, run_key)
-    model, label_ids, train, dev = load_data(a, model_name, train_rows, dev_rows, split, device,
-                                             dtype)
+    model, tokenizer, label_ids, train, dev = load_data(a, task, model_name, train_rows, dev_rows,
+                                                        split, device, dtype)
     stop = stop_on_signals()  # a list that Ctrl-C and SIGTERM append their signal to
     tuner, opt, n_params, share = build_tuner(a, model, device)
     distributed.own_rng(a.seed)
     steps = a.epochs * math.ceil(len(train.ids) / a.batch_size)
     state = resume(a, tuner, opt, steps) if a.resume else new_state(run_key)
-    task, bs = data.TASKS[a.task], 2 * a.batch_size  # no gradients to keep: evaluation fits twice
     with autocast(device, dtype):
-        zero, dev_h = zero_shot(model, dev, label_ids, task, device, bs)
+        zero, dev_h = zero_shot(model, dev, label_ids, tokenizer, task, device, bs)
         state["zero_shot"] = state["zero_shot"] or zero  # a resumed run keeps its first
         print(f"zero-shot {dev.name} {task.metric} {state['zero_shot']['metric']:.4f} "
               f"(template alone, no prompt)")
@@ -290,7 +310,7 @@ def train(a, device, t0):
         if trained is None:
             return 128 + (stop[0] if stop else signal.SIGINT)  # 130: Ctrl-C, 143: SIGTERM
         with autocast(device, dtype):
-            metric = evaluate(task, tuner, dev, dev_e, label_ids, device, bs)
+            metric = evaluate(task, tuner, dev, dev_e, label_ids, tokenizer, device, bs)
         if record_epoch(a, epoch, metric, *trained, state, dev.name, opt):
             keep_adapter(a, tuner, model_name, n_params, len(train.ids), state)
         save_checkpoint(a.out, tuner, opt, state)
@@ -304,7 +324,7 @@ def train(a, device, t0):
 def keep_adapter(a, tuner, model_name, n_params, n_train, state):
     """The best adapter so far into --out (adapter.safetensors + adapter.json), by rank 0."""
     if distributed.is_main():
-        task, best = data.TASKS[a.task], state["best"]
+        task, best = TASKS[a.task], state["best"]
         save_adapter(tuner, a.out, model=model_name, task=a.task, seed=a.seed, lr=a.lr,
                      n_train=n_train, holdout=a.holdout, trainable=n_params,
                      metric_name=task.metric, best_epoch=best["epoch"],
@@ -313,7 +333,7 @@ def keep_adapter(a, tuner, model_name, n_params, n_train, state):
 
 
 def summary(a, state, dev_name, trainable, seconds):
-    best, task = state["best"], data.TASKS[a.task]
+    best, task = state["best"], TASKS[a.task]
     size = os.path.getsize(os.path.join(a.out, "adapter.safetensors"))
     print(f"\ndone in {seconds:.0f} s | {dev_name} {task.metric} {best['metric']:.4f} "
           f"(epoch {best['epoch']}) | zero-shot {state['zero_shot']['metric']:.4f} | trainable "

@@ -182,7 +182,7 @@ def test_a_trained_encoder_is_counted_saved_beside_the_adapter_and_reloads(tiny_
     task = data.TASKS["sst2"]
     dev = data.tokenize_split("dev", task, data.load_split("sst2", "dev"), tokenizer, 128 - 4)
     label_ids = torch.tensor(data.label_token_ids(task, tokenizer))
-    assert train.evaluate(task, tuner, dev, None, label_ids, "cpu", 16) == info["metrics"]["dev"]
+    assert train.evaluate(task, tuner, dev, None, label_ids, None, "cpu", 16) == info["metrics"]["dev"]
 
 
 def test_the_held_out_slice_follows_dev_lengths_and_leaves_training():
