@@ -92,17 +92,25 @@ def load_with_model(folder, device):
 
 
 @torch.no_grad()
-def mixed_batch_hidden(model, tuners, ids, lengths, which):
-    """One forward pass of the frozen model over rows from different tasks: row i carries the prompt
-    of tuners[which[i]]. The computation is the same for every row; only the input differs."""
+def mixed_batch_prompt(model, tuners, ids, lengths, which):
+    """(B, m, d): row i's soft prompt made by tuners[which[i]], for rows from different tasks that
+    share one pass of the frozen model (mixed_batch_hidden; generate.generate's per-row prompt)."""
     if any(t.method == "lora" for t in tuners):
         raise UserError("only input-side tuners (lopa, prompt, idpg) can share a batch this way; "
                         "LoRA changes the model's weights")
     if len({t.config.m for t in tuners}) > 1:
         raise UserError("tuners in one batch must use the same prompt length m")
     prompt = torch.empty(ids.size(0), tuners[0].config.m, model.config.n_embd, device=ids.device)
-    for k, t in enumerate(tuners):                                    # prompt: (B, m, d)
+    for k, t in enumerate(tuners):
         rows = (which == k).nonzero().squeeze(1)
         if len(rows):
             prompt[rows] = t.prompt(ids[rows], lengths[rows])
+    return prompt
+
+
+@torch.no_grad()
+def mixed_batch_hidden(model, tuners, ids, lengths, which):
+    """One forward pass of the frozen model over rows from different tasks: row i carries the prompt
+    of tuners[which[i]]. The computation is the same for every row; only the input differs."""
+    prompt = mixed_batch_prompt(model, tuners, ids, lengths, which)  # (B, m, d)
     return last_hidden(model, ids, lengths, prompt)                   # (B, d)

@@ -115,3 +115,44 @@ def test_train_e2e_then_predict_writes_descriptions(tiny_gpt2, tmp_path):
     lines = p.stdout.splitlines()
     assert len(lines) == 2 and all(line.count("\t") == 1 for line in lines), p.stdout
     assert [line.split("\t")[1] for line in lines] == ["name[The Eagle], eatType[pub]", "name[Zizzi]"]
+
+
+def test_a_classifying_and_a_writing_adapter_share_one_batch(tiny_gpt2, tmp_path):
+    """Section 7's serving, with one task that writes: an SST-2 LOPA and an E2E LOPA on one frozen
+    model, rows of both in one batch behind one per-row prompt, each row as it is alone."""
+    import train
+    from generate import end_of_text, tokenize_pairs
+    from lopa import label_logits, last_hidden
+    from plumbing.adapters import load_adapter, mixed_batch_prompt
+    from plumbing.loading import load_model
+    import data
+    flags = ["--model", tiny_gpt2, "--max-train-examples", "16", "--batch-size", "8", "--epochs",
+             "1", "--m", "4", "--hidden", "16", "--dtype", "float32"]
+    for task in ("sst2", "e2e"):
+        assert train.main(["--task", task, "--out", str(tmp_path / task), "--holdout", "3",
+                           *flags]) == 0
+    model, tokenizer = load_model(tiny_gpt2)
+    tuners = [load_adapter(tmp_path / task, model)[0].eval() for task in ("sst2", "e2e")]
+    texts = ["a gripping, funny film", "name[The Eagle], eatType[pub]", "name[Zizzi]"]
+    ids = [data.tokenize(data.TASKS["sst2"], (texts[0],), tokenizer, 64)]
+    ids += tokenize_pairs("x", generate.TASKS["e2e"], [(t, []) for t in texts[1:]], tokenizer,
+                          64).ids
+    lengths = torch.tensor([len(i) for i in ids])
+    batch = torch.zeros(3, int(lengths.max()), dtype=torch.long)
+    for r, row in enumerate(ids):
+        batch[r, :len(row)] = torch.tensor(row)
+    which = torch.tensor([0, 1, 1])
+    prompt = mixed_batch_prompt(model, tuners, batch, lengths, which)            # (3, m, d)
+    eos = end_of_text(tokenizer)
+    with torch.no_grad():
+        new = generate.generate(model, batch, 5, lengths=lengths, prompt=prompt, eos=eos)
+        label_ids = torch.tensor(data.label_token_ids(data.TASKS["sst2"], tokenizer))
+        mixed = label_logits(model, last_hidden(model, batch, lengths, prompt), label_ids)[0]
+        one = torch.tensor([ids[0]])
+        alone = label_logits(model, tuners[0](one, torch.tensor([len(ids[0])])), label_ids)[0]
+        assert torch.allclose(mixed, alone, atol=1e-5)
+        for r in (1, 2):
+            row = torch.tensor([ids[r]])
+            want = generate.generate(model, row, 5, prompt=tuners[1].prompt(row, lengths[r:r + 1]),
+                                     eos=eos)
+            assert torch.equal(new[r, :want.size(1)], want[0])
