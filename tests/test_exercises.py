@@ -1,4 +1,4 @@
-"""The code exercises of tutorial.md (section 8), on tiny random models.
+"""The code exercises of tutorial.md (section 9), on tiny random models.
 
     python -m pytest tests/test_exercises.py                          # the reference solutions
     python -m pytest tests/test_exercises.py --student -k mean_pool   # your exercises/mean_pool.py
@@ -436,6 +436,69 @@ def test_serve_two_command(ex, tiny_gpt2, tmp_path):
     (tmp_path / "b" / "adapter.json").write_text(json.dumps({**info, "model": "gpt2"}))
     with pytest.raises(UserError, match="different base models"):
         main([str(tmp_path / "a"), str(tmp_path / "b"), "--ask", "0", "x"])
+
+
+# ----------------------------------------------------------------------------- 16: beam search
+
+def continuation_logp(model, ids, prompt, tokens):
+    """The oracle: the summed log-probability of tokens after [prompt ; ids], by one plain pass."""
+    x = torch.cat([prompt[None], model.embed(torch.cat([ids, torch.tensor(tokens)])[None])], 1)
+    with torch.no_grad():
+        logp = model(embeds=x)[0].float().log_softmax(-1)                     # (m + T + n, vocab)
+    start = prompt.size(0) + len(ids) - 1
+    return sum(logp[start + j, t].item() for j, t in enumerate(tokens))
+
+
+def test_beam_search_with_one_beam_is_greedy_decoding(ex):
+    from generate import generate
+    model, (ids, lengths) = small(), batch(B=3, T=6)
+    torch.manual_seed(0)
+    prompts = torch.randn(3, 4, TINY.n_embd)
+    eos = generate(model, ids[:1], 3, prompt=prompts[0])[0, 2].item()  # row 0 makes it third
+    for i in range(3):
+        row = ids[i, :lengths[i]]
+        want = generate(model, row[None], 8, prompt=prompts[i], eos=eos)[0].tolist()
+        want = want[:want.index(eos) + 1] if eos in want else want
+        tokens, logp = ex("beam").beam_search(model, row, 1, 8, prompts[i], eos)
+        assert tokens == want, (
+            f"row {i}: one beam gave {tokens}, greedy decoding {want}: with beams=1 each step keeps "
+            f"the single most likely token, and a continuation ends at its eos, which it includes")
+        assert logp == pytest.approx(continuation_logp(model, row, prompts[i], tokens), abs=1e-4), (
+            f"row {i}: the log-probability returned is not the sum of the tokens' log-softmax")
+
+
+def test_beam_search_with_a_beam_per_token_finds_the_best_two_tokens(ex):
+    model, ids = small(), torch.tensor([5, 17, 42])
+    torch.manual_seed(1)
+    prompt = torch.randn(4, TINY.n_embd)
+    x = torch.cat([prompt[None], model.embed(ids[None])], 1)                   # (1, m + T, d)
+    V = TINY.vocab_size
+    with torch.no_grad():
+        first = model(embeds=x)[0, -1].log_softmax(-1)                         # (V,)
+        x2 = torch.cat([x.expand(V, -1, -1), model.embed(torch.arange(V)[:, None])], 1)
+        second = model(embeds=x2)[:, -1].log_softmax(-1)                       # (V, V)
+    eos = first.argsort(descending=True)[1].item()  # the second most likely first token
+    both = first[:, None] + second
+    both[eos] = -float("inf")                       # after eos, nothing
+    a, b = divmod(both.argmax().item(), V)
+    want = max([([eos], first[eos].item()), ([a, b], both[a, b].item())], key=lambda w: w[1])
+    tokens, logp = ex("beam").beam_search(model, ids, V, 2, prompt, eos)
+    assert tokens == want[0] and logp == pytest.approx(want[1], abs=1e-4), (
+        f"with {V} beams (one per token) and 2 new tokens every continuation is kept, so the best "
+        f"must be {want}; got {(tokens, logp)}")
+
+
+def test_beam_search_keeps_each_beams_own_cache(ex):
+    model, (ids, lengths) = small(), batch(B=2, T=7)
+    torch.manual_seed(2)
+    prompt = torch.randn(4, TINY.n_embd)
+    for i in range(2):
+        row = ids[i, :lengths[i]]
+        tokens, logp = ex("beam").beam_search(model, row, 3, 6, prompt)
+        assert len(tokens) == 6, f"no eos was given, so the continuation has all 6 tokens: {tokens}"
+        assert logp == pytest.approx(continuation_logp(model, row, prompt, tokens), abs=1e-4), (
+            "the returned score is not the continuation's log-probability: after each step the "
+            "cache's rows (keys_values and real) must follow the beams that survived")
 
 
 # ----------------------------------------------------------------------------- the stubs
