@@ -158,6 +158,9 @@ def report(runs, seeds):
             row["minus_zero_shot"] = paired(list(row["bleu"].values()), [zero["bleu"]] * len(got))
         if all("mean_e_bleu" in r for r in got.values()):
             row["mean_e"] = {str(s): r["mean_e_bleu"] for s, r in got.items()}
+            row["mean_e_changed"] = {  # how many of the test set's descriptions the mean e changes
+                str(s): sum(x != y for x, y in zip(r["texts"], r["mean_e_texts"]))
+                for s, r in got.items()}
             row["minus_mean_e"] = paired(list(row["bleu"].values()), list(row["mean_e"].values()))
         rows[method] = row
     for a, b in PAIRS:
@@ -165,7 +168,7 @@ def report(runs, seeds):
             common = sorted(set(rows[a]["bleu"]) & set(rows[b]["bleu"]))
             rows[a][f"minus_{b}"] = paired([rows[a]["bleu"][s] for s in common],
                                            [rows[b]["bleu"][s] for s in common])
-    out = {"task": "e2e", "model": "smollm2", "hardware": hardware(),
+    out = {"task": "e2e", "model": "smollm2", "unit": "percent", "hardware": hardware(),
            "command": "python benchmarks/e2e.py", "test_mrs": len(mrs), "example_mrs": mrs[:3],
            "zero_shot": zero and {k: v for k, v in zero.items() if k != "texts"},
            "zero_shot_examples": zero and zero["texts"][:3], "published": PUBLISHED,
@@ -177,7 +180,17 @@ def report(runs, seeds):
 
 
 def interval(p):
-    return "-" if p["low"] is None else f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]"
+    """A paired difference and its 95% interval (one seed: the difference alone)."""
+    if p["low"] is None:
+        return f"{p['mean']:+.2f} (one seed)"
+    return f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]"
+
+
+def mean_e_cell(r):
+    if "minus_mean_e" not in r:
+        return "-"
+    changed = ", ".join(map(str, r["mean_e_changed"].values()))
+    return f"{interval(r['minus_mean_e'])}; descriptions changed: {changed}"
 
 
 def markdown(out):
@@ -196,11 +209,12 @@ def markdown(out):
         held = ", ".join(f"{v:.2f}" for v in r["held_out"].values())
         diffs = "; ".join(f"{k[6:]}: {interval(p)}" for k, p in r.items() if k.startswith("minus_")
                           and k not in ("minus_zero_shot", "minus_mean_e"))
-        lines.append(f"| {r['method']} | {by_seed} | {r['mean']:.2f} ± {r['std']:.2f} | {held} | "
+        spread = f"{r['mean']:.2f} ± {r['std']:.2f}" if len(r["bleu"]) > 1 else "-"
+        lines.append(f"| {r['method']} | {by_seed} | {spread} | {held} | "
                      f"{', '.join(map(str, r['best_epoch'].values()))} | "
                      f"{', '.join(map(str, r['wall_s'].values()))} | "
                      f"{interval(r['minus_zero_shot']) if 'minus_zero_shot' in r else '-'} | "
-                     f"{interval(r['minus_mean_e']) if 'minus_mean_e' in r else '-'} | "
+                     f"{mean_e_cell(r)} | "
                      f"{diffs or '-'} |")
     lines += ["", "Published, not comparable (microsoft/LoRA's README at c18b175: GPT-2 Medium, "
               "355M, trained on the official 42k pairs, beam search): "

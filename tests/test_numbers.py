@@ -16,14 +16,15 @@ def recorded():
     spreads, intervals = set(), set()
     for path in glob.glob(os.path.join(ROOT, "benchmarks", "*.json")):
         with open(path, encoding="utf-8") as f:
-            rows = json.load(f).get("rows", [])
-        for row in rows:
+            record = json.load(f)
+        scale = 1 if record.get("unit") == "percent" else 100  # BLEU is kept in percent already
+        for row in record.get("rows", []):
             if "mean" in row and "std" in row:
-                spreads |= {(round(100 * row["mean"], n), round(100 * row["std"], n), n)
+                spreads |= {(round(scale * row["mean"], n), round(scale * row["std"], n), n)
                             for n in (1, 2)}
             for key, pair in row.items():
-                if key.startswith("minus_") and isinstance(pair, dict):
-                    low, high = round(100 * pair["low"], 2), round(100 * pair["high"], 2)
+                if key.startswith("minus_") and isinstance(pair, dict) and pair["low"] is not None:
+                    low, high = round(scale * pair["low"], 2), round(scale * pair["high"], 2)
                     intervals |= {(low, high), (-high, -low)}
     return spreads, intervals
 
