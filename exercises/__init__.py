@@ -1,4 +1,4 @@
-"""The code exercises of tutorial.md (section 8): each file here is a stub for you to fill in. The
+"""The code exercises of tutorial.md (section 9): each file here is a stub for you to fill in. The
 functions marked "Exercise N" raise NotImplementedError until you write them; the rest of the file
 (its command line, its registration as a method) already works and calls them.
 

@@ -161,7 +161,7 @@ def test_sections_mirror_the_code():
     assert titles == [("1", "GPT-2 in a page"), ("2", "Prompt tuning"), ("3", "LOPA"),
                       ("4", "Classification with label words"), ("5", "The training loop"),
                       ("6", "Does prompt tuning strike back here?"), ("7", "One frozen model, many tasks, one batch"),
-                      ("8", "Exercises")]
+                      ("8", "Soft prompts that write text"), ("9", "Exercises")]
 
 
 def slug(heading):
@@ -171,7 +171,7 @@ def slug(heading):
 
 def test_exercises_say_what_they_need_and_take_show_and_link_their_solution():
     text = read()
-    section = text[text.index("## 8. Exercises"):text.index("## Appendix")]
+    section = text[text.index("## 9. Exercises"):text.index("## Appendix")]
     exercises = re.split(r"^### Exercise (\d+): ", section, flags=re.M)[1:]
     numbers, bodies = exercises[0::2], exercises[1::2]
     assert len(bodies) >= 15 and numbers == [str(i) for i in range(1, len(bodies) + 1)]
@@ -190,11 +190,11 @@ def test_exercises_say_what_they_need_and_take_show_and_link_their_solution():
             outs.append(re.search(r"--out (\S+)", line)[1])
     assert len(outs) >= 10 and len(outs) == len(set(outs)), outs
     for path, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)\s]+))?\)", section):
-        assert os.path.exists(os.path.join(ROOT, path)), f"section 8 links {path}: not there"
+        assert os.path.exists(os.path.join(ROOT, path)), f"section 9 links {path}: not there"
         if anchor:
             with open(os.path.join(ROOT, path), encoding="utf-8") as f:
                 headings = [slug(h) for h in re.findall(r"^#+ (.+)$", f.read(), re.M)]
-            assert anchor in headings, f"section 8 links {path}#{anchor}, which is no heading there"
+            assert anchor in headings, f"section 9 links {path}#{anchor}, which is no heading there"
 
 
 def inline_code(text):
@@ -227,7 +227,7 @@ def test_mentioned_files_flags_and_names_exist():
              *(f"plumbing.{name}" for name in ("adapters", "checkpoints", "cli", "distributed",
                                               "glue_files", "loading", "methods", "metrics")),
              *(f"exercises.solutions.{name}" for name in
-               ("count_params", "mean_pool", "nearest_tokens", "new_task", "serve_two", "idpg")),
+               ("count_params", "mean_pool", "nearest_tokens", "new_task", "serve_two", "idpg", "beam")),
              "builtins")
     modules = {name.rsplit(".", 1)[-1]: importlib.import_module(name) for name in names}
     snippets = "".join(code for lang, code, *_ in blocks(text) if lang == "python")

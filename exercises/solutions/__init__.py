@@ -1,4 +1,4 @@
-"""Reference solutions to the code exercises of tutorial.md (section 8), one file per exercise, with
+"""Reference solutions to the code exercises of tutorial.md (section 9), one file per exercise, with
 the same names as the stubs in exercises/; README.md here answers every exercise.
 
 `python -m pytest tests/test_exercises.py` checks these files on tiny random models.
