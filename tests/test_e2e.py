@@ -117,7 +117,7 @@ def test_train_e2e_then_predict_writes_descriptions(tiny_gpt2, tmp_path):
     assert [line.split("\t")[1] for line in lines] == ["name[The Eagle], eatType[pub]", "name[Zizzi]"]
 
 
-def test_a_classifying_and_a_writing_adapter_share_one_batch(tiny_gpt2, tmp_path):
+def test_a_classifying_and_a_writing_adapter_share_one_batch(tiny_gpt2, tmp_path, one_thread):
     """Section 7's serving, with one task that writes: an SST-2 LOPA and an E2E LOPA on one frozen
     model, rows of both in one batch behind one per-row prompt, each row as it is alone."""
     import train
