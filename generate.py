@@ -168,7 +168,8 @@ def choose_pairs(args, device, dtype):
 
 def tokenize_pairs(name, task, rows, tokenizer, max_len):
     """(MR, reference) pairs -> ids: the filled template; labels: the reference's tokens and end of
-    text, the target. (MR, [references]) rows -> labels: the references, as text, for BLEU."""
+    text, the target. (MR, [references]) rows -> labels: the references, as text, for BLEU. An
+    input over max_len tokens keeps its end, where the description starts (E2E's are < 62)."""
     eos, ids, labels = end_of_text(tokenizer), [], []
     for mr, ref in rows:
         ids.append(token_ids(tokenizer, task.template.format(clean(mr)))[-max_len:])
@@ -217,9 +218,14 @@ def write(model, split, prompt_of, tokenizer, device, batch_size, max_new_tokens
         new = generate(model, ids, max_new_tokens, lengths=lengths,
                        prompt=prompt_of(ids, lengths, index), eos=eos)
         for i, row in zip(b["index"].tolist(), new.tolist()):
-            text = tokenizer.decode(row[:row.index(eos)] if eos in row else row)
-            texts[i] = " ".join(text.strip().split("\n")[0].split())  # one line, spaces single
+            texts[i] = as_text(tokenizer, row, eos)
     return texts
+
+
+def as_text(tokenizer, tokens, eos):
+    """A description from new tokens: up to end of text, its first line, spaces single."""
+    text = tokenizer.decode(tokens[:tokens.index(eos)] if eos in tokens else tokens)
+    return " ".join(text.strip().split("\n")[0].split())
 
 
 def score(model, split, prompt_of, tokenizer, device, batch_size, max_new_tokens):

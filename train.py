@@ -190,7 +190,7 @@ def train_epoch(a, tuner, opt, train, train_e, label_ids, epoch, state, stop, de
         rows = distributed.my_share(b)  # under torchrun this process's rows of b; else all of b
         with autocast(device, dtype):  # the forward pass in --dtype
             loss = batch_loss(tuner, rows, train_e, label_ids, device)
-        loss = loss * (len(rows["index"]) / len(b["index"]))  # its share of the batch's mean
+        loss = loss * (len(rows["index"]) / len(b["index"]))  # its share (E2E: by rows, not tokens)
         loss.backward()
         loss = distributed.sum_gradients(params, loss)  # torchrun: the sums over all processes
         check_finite(loss, state["step"], a)

@@ -57,7 +57,7 @@ def main(argv=None):
             prompt = tuner.prompt(ids[None], torch.tensor([len(ids)]))
             prompt = None if prompt is None else prompt[0]
             tokens, _ = beam_search(tuner.model, ids, a.beams, task.max_new_tokens, prompt, eos)
-            beam.append(" ".join(tokenizer.decode([t for t in tokens if t != eos]).split()))
+            beam.append(generate.as_text(tokenizer, tokens, eos))  # as generate.write does
     print(f"{len(rows)} test MRs | greedy BLEU {bleu(greedy, test.labels):.2f} | beam search "
           f"({a.beams} beams) BLEU {bleu(beam, test.labels):.2f}")
     print(f"{rows[0][0]}\n  greedy: {greedy[0]}\n  beams:  {beam[0]}")

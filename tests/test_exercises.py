@@ -488,6 +488,41 @@ def test_beam_search_with_a_beam_per_token_finds_the_best_two_tokens(ex):
         f"must be {want}; got {(tokens, logp)}")
 
 
+def reference_beam_search(model, ids, prompt, beams, n, eos):
+    """The oracle: the same search, every candidate scored by a whole forward pass, no cache."""
+    alive, done = [([], 0.0)], []
+    for _ in range(n):
+        candidates = []
+        for tokens, score in alive:
+            seq = torch.cat([ids, torch.tensor(tokens, dtype=torch.long)])
+            x = torch.cat([prompt[None], model.embed(seq[None])], 1)
+            with torch.no_grad():
+                logp = model(embeds=x)[0, -1].float().log_softmax(-1)
+            candidates += [(tokens + [t], score + logp[t].item()) for t in range(len(logp))]
+        top = sorted(candidates, key=lambda c: -c[1])[:beams]
+        done += [c for c in top if c[0][-1] == eos]
+        alive = [c for c in top if c[0][-1] != eos]
+        if not alive:
+            break
+    else:
+        done += alive
+    return max(done, key=lambda c: c[1])
+
+
+def test_beam_search_keeps_the_best_beams_and_finishes_them_at_eos(ex):
+    from generate import generate
+    model, ids = small(), torch.tensor([8, 3, 61, 27])
+    torch.manual_seed(3)
+    prompt = torch.randn(4, TINY.n_embd)
+    for step in (1, 2):  # an eos that the greedy path makes at its second, then third token
+        eos = generate(model, ids[None], 3, prompt=prompt)[0, step].item()
+        want = reference_beam_search(model, ids, prompt, 2, 4, eos)
+        tokens, logp = ex("beam").beam_search(model, ids, 2, 4, prompt, eos)
+        assert tokens == want[0] and logp == pytest.approx(want[1], abs=1e-4), (
+            f"2 beams, 4 new tokens, eos {eos}: got {(tokens, logp)}, want {want}: keep the 2 best "
+            f"of every kept continuation times every token; one ending in eos is finished")
+
+
 def test_beam_search_keeps_each_beams_own_cache(ex):
     model, (ids, lengths) = small(), batch(B=2, T=7)
     torch.manual_seed(2)

@@ -30,8 +30,8 @@ def beam_search(model, ids, beams, max_new_tokens, prompt=None, eos=None):
     x = model.embed(ids[None])                                                 # (1, T, d)
     if prompt is not None:
         x = torch.cat([prompt[None].to(x.dtype), x], dim=1)                  # (1, m + T, d)
-    cache, alive, scores, done = KVCache(), [[]], torch.zeros(1), []
-    real = torch.ones(1, x.size(1), dtype=torch.bool)
+    cache, alive, scores, done = KVCache(), [[]], torch.zeros(1, device=ids.device), []
+    real = torch.ones(1, x.size(1), dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         h = model(embeds=x, cache=cache.add(real), return_hidden=True)[:, -1]  # (k, d)
         logp = model.lm_head(h).float().log_softmax(-1)                       # (k, vocab)
@@ -42,12 +42,12 @@ def beam_search(model, ids, beams, max_new_tokens, prompt=None, eos=None):
                  if token[i] == eos]
         if not keep:
             break
-        keep = torch.tensor(keep)
+        keep = torch.tensor(keep, device=ids.device)
         src, token, scores = src[keep], token[keep], top.values[keep]
         alive = [alive[s] + [t] for s, t in zip(src.tolist(), token.tolist())]
         cache.keys_values = {layer: (k[src], v[src]) for layer, (k, v) in cache.keys_values.items()}
         cache.real = cache.real[src]
-        x, real = model.embed(token[:, None]), torch.ones(len(token), 1, dtype=torch.bool)
+        x, real = model.embed(token[:, None]), real.new_ones(len(token), 1)
     else:
         done += list(zip(alive, scores.tolist()))
     return max(done, key=lambda d: d[1])
@@ -76,7 +76,7 @@ def main(argv=None):
             prompt = tuner.prompt(ids[None], torch.tensor([len(ids)]))
             prompt = None if prompt is None else prompt[0]
             tokens, _ = beam_search(tuner.model, ids, a.beams, task.max_new_tokens, prompt, eos)
-            beam.append(" ".join(tokenizer.decode([t for t in tokens if t != eos]).split()))
+            beam.append(generate.as_text(tokenizer, tokens, eos))  # as generate.write does
     print(f"{len(rows)} test MRs | greedy BLEU {bleu(greedy, test.labels):.2f} | beam search "
           f"({a.beams} beams) BLEU {bleu(beam, test.labels):.2f}")
     print(f"{rows[0][0]}\n  greedy: {greedy[0]}\n  beams:  {beam[0]}")
