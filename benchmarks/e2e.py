@@ -94,21 +94,27 @@ def finished(runs, name):
     folder = os.path.join(runs, name)
     test, info = read_json(os.path.join(folder, "test.json")), read_json(
         os.path.join(folder, "adapter.json"))
+    seconds = wall_s(folder)
+    if not (test and info and seconds is not None):
+        return None
+    return {**test, "held_out": info["metrics"]["dev"]["bleu"],
+            "zero_shot_held_out": info["metrics"]["zero_shot"]["bleu"],
+            "best_epoch": info["best_epoch"], "wall_s": seconds}
+
+
+def wall_s(folder):
+    """The run's wall time in seconds from the summary line of its log; None until it has one."""
     try:
         with open(folder + ".log", encoding="utf-8") as f:
             done = re.search(r"^done in (\d+) s", f.read().replace("\r", "\n"), re.M)
     except OSError:
         return None
-    if not (test and info and done):
-        return None
-    return {**test, "held_out": info["metrics"]["dev"]["bleu"],
-            "zero_shot_held_out": info["metrics"]["zero_shot"]["bleu"],
-            "best_epoch": info["best_epoch"], "wall_s": int(done.group(1))}
+    return done and int(done.group(1))
 
 
 def run(runs, method, seed):
     name, folder = f"{method}-s{seed}", os.path.join(runs, f"{method}-s{seed}")
-    if not finished_log(folder):  # trained already, perhaps not yet scored
+    if wall_s(folder) is None:  # not trained yet (a run trained but not scored goes on to score)
         resume = os.path.exists(os.path.join(folder, "checkpoint.safetensors"))
         cmd = [sys.executable, "train.py", "--task", "e2e", "--model", "smollm2", "--method",
                method, "--seed", str(seed), "--out", folder] + ["--resume"] * resume
@@ -119,14 +125,6 @@ def run(runs, method, seed):
     out = score_run(folder)
     atomic_write(os.path.join(folder, "test.json"),
                  lambda p: write_text(p, json.dumps(out, indent=1) + "\n"))
-
-
-def finished_log(folder):
-    try:
-        with open(folder + ".log", encoding="utf-8") as f:
-            return "\ndone in " in f.read().replace("\r", "\n")
-    except OSError:
-        return False
 
 
 def zero_shot(runs):
