@@ -169,8 +169,7 @@ def clean(text):
     return " ".join(text.encode("utf-8", "replace").decode("utf-8").split())
 
 
-def token_ids(tokenizer, s):
-    # a tokenizers.Tokenizer; no BOS: the prompt is ours
+def token_ids(tokenizer, s):  # a tokenizers.Tokenizer; no BOS: the prompt is ours
     out = tokenizer.encode(s, add_special_tokens=False)
     return list(getattr(out, "ids", out))
 
@@ -206,8 +205,7 @@ def tokenize(task, texts, tokenizer, max_len):
         raise UserError(f"max_len {max_len} is too short for the {task.name} template "
                         f"({max_len - budget} tokens)")
     lens = [len(t) for t in txt]
-    # one token at a time from the longest text: a pair shares the room fairly
-    while sum(lens) > budget:
+    while sum(lens) > budget:  # a token at a time from the longest text: a pair shares fairly
         lens[lens.index(max(lens))] -= 1
     ids = lit[0]
     for t, n, after in zip(txt, lens, lit[1:]):
@@ -243,8 +241,7 @@ def batches(examples_ids, labels, batch_size, shuffle, generator=None):
                            for c in order.split(50 * batch_size)])
         groups = order.split(batch_size)
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
-    else:
-        # the caller maps back through index
+    else:  # the caller maps back through index
         groups = lengths.argsort(stable=True).split(batch_size)
     for index in groups:
         lens = lengths[index]                                                # (B,)

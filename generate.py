@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from data import Split, batches, clean, token_ids
+from model import causal
 from plumbing.cli import UserError
 from plumbing.metrics import bleu
 
@@ -50,8 +51,7 @@ class KVCache:
         (S, t), device = (self.real.size(1), real.size(1)), real.device
         self.positions = self.real.cumsum(1)[:, -t:] - 1                   # (B, t)
         # new token i reads the real entries up to itself; every layer reads the same mask
-        causal = torch.ones(t, S, dtype=torch.bool, device=device).tril(diagonal=S - t)
-        self.mask = (causal & self.real[:, None, :])[:, None]             # (B, 1, t, S)
+        self.mask = (causal(t, S, device) & self.real[:, None, :])[:, None]  # (B, 1, t, S)
         return self
 
     def extend(self, layer, k, v):

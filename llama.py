@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model import attention, causal, pick
 from plumbing.cli import UserError
 
 
@@ -99,17 +100,17 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache=None):
         q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
         if cache is None:  # causal masking is enough: batches are right-padded, as in model.py
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
+            mask = causal(q.size(2), q.size(2), x.device)                  # (T, T)
         else:  # generate.py: these keys and values join the cached ones, as in model.py
             k, v, mask = cache.extend(self, k, v)                          # mask (B, 1, T, S)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attention(q, k, v, mask)                                       # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, T, d)
 
     def at(self, x, cos, sin, at):  # speed path: one query per row (model.py's GPT.hidden_at)
         q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
         q = pick(q.transpose(1, 2), at).transpose(1, 2)                    # (B, nh, 1, hs)
         mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, 1, hs)
+        y = attention(q, k, v, mask)                                       # (B, nh, 1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, 1, d)
 
     def behind_prefix(self, x, prefix, rope, rope_prefix, at=None):
@@ -118,14 +119,14 @@ class Attention(nn.Module):
         0..m-1."""
         (q, k, v), (qp, kp, vp) = self.heads(x, *rope), self.heads(prefix, *rope_prefix)
         B, T, m = x.size(0), x.size(1), prefix.size(1)
-        yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)    # (1, nh, m, hs)
+        yp = attention(qp, kp, vp, causal(m, m, x.device))                 # (1, nh, m, hs)
         k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
         # each row's token i sees the whole prefix, then its own tokens 0..i
-        mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
+        mask = causal(T, m + T, x.device)                                  # (T, m + T)
         if at is not None:  # as at(): only row b's token at[b]
             q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
             mask = mask[at][:, None, None]                             # (B, 1, 1, m + T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)        # (B, nh, T|1, hs)
+        y = attention(q, k, v, mask)                                       # (B, nh, T|1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2)), self.o_proj(yp.transpose(1, 2).flatten(2))
 
 
@@ -161,11 +162,6 @@ class Block(nn.Module):
         a, a_prefix = self.self_attn.behind_prefix(norm(x), norm(prefix), rope, rope_prefix, at)
         x, prefix = pick(x, at) + a, prefix + a_prefix
         return x + self.mlp(norm_2(x)), prefix + self.mlp(norm_2(prefix))
-
-
-def pick(x, at):
-    """(B, T, d) -> (B, 1, d): row b at position at[b]; all of x when at is None."""
-    return x if at is None else x[torch.arange(x.size(0), device=x.device), at][:, None]
 
 
 class Llama(nn.Module):

@@ -31,6 +31,18 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
 
+def attention(q, k, v, mask):
+    """softmax(q kᵀ / √hs) v: queries (B, nh, T, hs) read the keys and values (B, nh, S, hs) where
+    mask, (T, S) or (B, 1, T, S), is True (one at least). Plain steps: on a CPU, in bfloat16, they
+    beat torch's fused F.scaled_dot_product_attention."""
+    scores = q @ k.transpose(-2, -1) * q.size(-1) ** -0.5                # (B, nh, T, S)
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v       # (B, nh, T, hs)
+
+
+def causal(T, S, device):  # (T, S): T queries, the last T of S tokens; query i reads 0..S-T+i
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -45,20 +57,18 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None):
         q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
-        if cache is None:
-            # Causal masking alone is enough in this project: batches are right-padded, so a real
-            # token never attends to a pad, and the pads' own outputs are never read.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (B, nh, T, hs)
+        if cache is None:  # causal alone: batches are right-padded, so no real token reads a pad
+            mask = causal(q.size(2), q.size(2), x.device)              # (T, T)
         else:  # generate.py: these keys and values join the cached ones, (B, nh, S, hs)
             k, v, mask = cache.extend(self, k, v)                      # mask (B, 1, T, S)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attention(q, k, v, mask)                                   # (B, nh, T, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, T, C)
 
     def at(self, x, at):  # speed path: one query per row, at its position at (B,)
         q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
         q = pick(q.transpose(1, 2), at).transpose(1, 2)                # (B, nh, 1, hs)
         mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, 1, hs)
+        y = attention(q, k, v, mask)                                   # (B, nh, 1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, 1, C)
 
     def behind_prefix(self, x, prefix, at=None):
@@ -66,14 +76,14 @@ class CausalSelfAttention(nn.Module):
         sees what follows it, so its queries, keys and values are computed once, for one row."""
         (q, k, v), (qp, kp, vp) = self.heads(x), self.heads(prefix)    # (B|1, nh, T|m, hs)
         B, T, m = x.size(0), x.size(1), prefix.size(1)
-        yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (1, nh, m, hs)
+        yp = attention(qp, kp, vp, causal(m, m, x.device))             # (1, nh, m, hs)
         k, v = (torch.cat([p.expand(B, -1, -1, -1), t], dim=2) for p, t in ((kp, k), (vp, v)))
         # each row's token i sees the whole prefix, then its own tokens 0..i
-        mask = torch.ones(T, m + T, dtype=torch.bool, device=x.device).tril(diagonal=m)
+        mask = causal(T, m + T, x.device)                              # (T, m + T)
         if at is not None:  # as at(): only row b's token at[b]
             q = pick(q.transpose(1, 2), at).transpose(1, 2)            # (B, nh, 1, hs)
             mask = mask[at][:, None, None]                             # (B, 1, 1, m + T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T|1, hs)
+        y = attention(q, k, v, mask)                                   # (B, nh, T|1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2)), self.c_proj(yp.transpose(1, 2).flatten(2))
 
 
@@ -128,10 +138,8 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        # tied: one matrix reads and writes tokens
-        self.lm_head.weight = self.transformer.wte.weight
-        # GPT-2's init, so random models in tests and benchmarks are sane
-        self.apply(self._init_weights)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads, writes tokens
+        self.apply(self._init_weights)  # GPT-2's init, so random models in tests are sane
 
     @staticmethod
     def _init_weights(module):

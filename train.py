@@ -154,8 +154,7 @@ def evaluate(task, tuner, split, e, label_ids, tokenizer, device, batch_size):
 
 # ----------------------------------------------------------------------------- training
 
-def lr_at(step, lr, warmup):
-    # linear warm-up over the first 6% of steps, then flat
+def lr_at(step, lr, warmup):  # linear warm-up over the first 6% of steps, then flat
     return lr * min(1.0, (step + 1) / warmup)
 
 

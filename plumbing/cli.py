@@ -7,7 +7,6 @@ import sys
 from dataclasses import field
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class UserError(Exception):
@@ -116,27 +115,7 @@ def pick_dtype(name, device):
 def autocast(device, dtype):
     """Forward passes in dtype. In bfloat16 the frozen model is held in bfloat16 (train.py casts
     it once); autocast runs the tuner's matrix products in bfloat16 too while its parameters stay
-    float32. On a CPU, attention then takes torch's plain "math" kernel in bfloat16, faster there
-    than the fused one. For float32, nothing at all."""
+    float32. For float32, nothing at all."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast(torch.device(device).type, dtype=dtype))
-    if torch.device(device).type == "cpu":
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-        stack.enter_context(math_attention_in_low_precision())
-    return stack
-
-
-@contextlib.contextmanager
-def math_attention_in_low_precision():
-    """The math attention kernel copies bfloat16 inputs to float32 unless told not to; told, it
-    multiplies in bfloat16 with float32 sums, as a bfloat16 matmul does. The switch lives in
-    torch.backends.cuda but holds on every device; it is set for the forward pass only (the
-    backward follows the graph the forward recorded)."""
-    allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
