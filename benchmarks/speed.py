@@ -15,8 +15,9 @@ the same rounds, as one more contender, in float32 and in bfloat16.
 
 bfloat16 rows run as train.py runs on a CPU with bfloat16 hardware (plumbing.cli.autocast): the model
 held in bfloat16, the tuner's parameters, AdamW and the loss in float32. HF+PEFT's bfloat16 row gets
-the same: its model in bfloat16, under the same autocast and attention kernel, with the whole LM
-head and with logits_to_keep=1. (In bfloat16 on a CPU, torch 2.13 runs HF's last-position head,
+the same: its model in bfloat16, under the same autocast, with its "eager" attention (written out as
+ours is, and faster here in bfloat16 than its fused one), with the whole LM head and with
+logits_to_keep=1. (In bfloat16 on a CPU, torch 2.13 runs HF's last-position head,
 (B, 1, d) sliced from (B, T, d), as a batched product that first copies the (d, vocab) weight once
 per row, which makes logits_to_keep=1 the slower of the two there.)
 """
@@ -138,8 +139,10 @@ def main():
     pt16, lopa16 = PromptTuning(ours16, PromptConfig(m=m)), LOPA(ours16)
     with torch.no_grad(), autocast("cpu", torch.bfloat16):
         enc16 = lopa16.encode(ids, lengths)
-    ref16 = peft.get_peft_model(copy.deepcopy(hf).to(torch.bfloat16), peft.PromptTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=m))
+    hf16 = copy.deepcopy(hf).to(torch.bfloat16)
+    hf16.set_attn_implementation("eager")  # attention written out, as ours; HF's faster one here
+    ref16 = peft.get_peft_model(hf16, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                              num_virtual_tokens=m))
     for p in ref16.parameters():  # PEFT's prompt in float32, as ours
         if p.requires_grad:
             p.data = p.data.float()
