@@ -5,6 +5,7 @@ budget in bfloat16".
     python benchmarks/bfloat16.py                    # every run below (resuming), then the record
     python benchmarks/bfloat16.py --report           # the record from the runs finished so far
     python benchmarks/bfloat16.py --runs DIR         # runs in DIR (default runs/bfloat16)
+    python benchmarks/bfloat16.py --names A,B        # only the runs named A and B
 
 Each run is `python train.py --task sst2 --model smollm2 --seed S FLAGS --out RUNS/NAME-sS` in its
 own process, its output in RUNS/NAME-sS.log (whose summary line gives the run's wall time), one
@@ -51,13 +52,22 @@ RUNS = {  # name: (train.py flags, what the run is for), in the order they run
     "dev-fp32-w": (["--dtype", "float32"], "dev, float32 (its default, 2,000 x 2), written out"),
     "dev-prompt-w": (["--method", "prompt"], "dev, prompt tuning, attention written out"),
     "dev-lora-w": (["--method", "lora"], "dev, LoRA, attention written out"),
+    # The budget chosen again with attention written out (docs/study.md): held out, then dev
+    "ho-w-n4000": (["--holdout", "500", "--max-train-examples", "4000"],
+                   "held-out, bfloat16, 4,000 x 2, attention written out"),
+    "ho-w-n6000": (["--holdout", "500", "--max-train-examples", "6000"],
+                   "held-out, bfloat16, 6,000 x 2, attention written out"),
+    "dev-lopa-w-n6000": (["--max-train-examples", "6000"],
+                         "dev, bfloat16, 6,000 x 2, attention written out"),
 }
 PAIRS = [("ho-bf16-n4000", "ho-bf16-n2000"), ("dev-bf16-n2000", "dev-fp32-n2000"),
          ("dev-bf16-n4000", "dev-fp32-n2000"), ("dev-lopa", "dev-fp32-n2000"),
          ("dev-lopa", "dev-bf16-n4000"), ("dev-prompt", "dev-lopa"), ("dev-lora", "dev-lopa"),
          ("dev-lopa-n2000", "dev-fp32-n2000"), ("dev-lopa-w", "dev-fp32-w"),
          ("dev-lopa-w", "dev-lopa"), ("dev-fp32-w", "dev-fp32-n2000"),
-         ("dev-prompt-w", "dev-lopa-w"), ("dev-lora-w", "dev-lopa-w")]
+         ("dev-prompt-w", "dev-lopa-w"), ("dev-lora-w", "dev-lopa-w"),
+         ("ho-w-n6000", "ho-w-n4000"), ("dev-lopa-w-n6000", "dev-lopa-w"),
+         ("dev-lopa-w-n6000", "dev-fp32-w")]
 
 
 def finished(runs, name, seed):
@@ -139,16 +149,19 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "bfloat16"))
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--names", default=",".join(RUNS), help="the runs to make, in RUNS' order")
     p.add_argument("--report", action="store_true", help="no runs: the record of those finished")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
+    if unknown := set(a.names.split(",")) - set(RUNS):
+        sys.exit(f"error: no run named {', '.join(sorted(unknown))}; see RUNS in this file")
     if not a.report:
         if pick_dtype("auto", "cpu")[0] != pick_dtype("bfloat16", "cpu")[0]:
             sys.exit("error: this CPU has no AVX-512 BF16 or AMX: "
                      "these runs measure bfloat16 there")
         os.makedirs(a.runs, exist_ok=True)
         old = recorded()
-        for name in RUNS:
+        for name in (n for n in RUNS if n in a.names.split(",")):
             for s in seeds:
                 if str(s) in old.get(name, {}).get("scores", {}) or finished(a.runs, name, s):
                     continue
