@@ -109,7 +109,7 @@ class Attention(nn.Module):
     def at(self, x, cos, sin, at):  # speed path: one query per row (model.py's GPT.hidden_at)
         q, k, v = self.heads(x, cos, sin)                                  # 3 x (B, nh, T, hs)
         q = pick(q.transpose(1, 2), at).transpose(1, 2)                    # (B, nh, 1, hs)
-        mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
+        mask = causal(x.size(1), x.size(1), x.device)[at][:, None, None]  # (B, 1, 1, T)
         y = attention(q, k, v, mask)                                       # (B, nh, 1, hs)
         return self.o_proj(y.transpose(1, 2).flatten(2))                   # (B, 1, d)
 

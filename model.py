@@ -67,7 +67,7 @@ class CausalSelfAttention(nn.Module):
     def at(self, x, at):  # speed path: one query per row, at its position at (B,)
         q, k, v = self.heads(x)                                        # 3 x (B, nh, T, hs)
         q = pick(q.transpose(1, 2), at).transpose(1, 2)                # (B, nh, 1, hs)
-        mask = torch.arange(x.size(1), device=x.device) <= at[:, None, None, None]
+        mask = causal(x.size(1), x.size(1), x.device)[at][:, None, None]  # (B, 1, 1, T)
         y = attention(q, k, v, mask)                                   # (B, nh, 1, hs)
         return self.c_proj(y.transpose(1, 2).flatten(2))              # (B, 1, C)
 
