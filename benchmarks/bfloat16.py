@@ -105,8 +105,9 @@ def recorded():
         return {}
 
 
-def report(runs, seeds):
-    rows, old = {}, recorded()
+def report(runs, seeds, old):
+    """Writes the record: each run's finished seeds, or its row in old (recorded()) when none."""
+    rows = {}
     for name, (flags, what) in RUNS.items():
         got = {s: r for s in seeds if (r := finished(runs, name, s))}
         scores = {str(s): score for s, (score, _) in got.items()}
@@ -157,18 +158,18 @@ def main():
     seeds, names = [int(s) for s in a.seeds.split(",")], a.names.split(",")
     if unknown := set(names) - set(RUNS):
         sys.exit(f"error: no run named {', '.join(sorted(unknown))}; see RUNS in this file")
+    old = recorded()
     if not a.report:
         if pick_dtype("auto", "cpu")[0] != pick_dtype("bfloat16", "cpu")[0]:
             sys.exit("error: this CPU has no AVX-512 BF16 or AMX: "
                      "these runs measure bfloat16 there")
         os.makedirs(a.runs, exist_ok=True)
-        old = recorded()
         for name in (n for n in RUNS if n in names):
             for s in seeds:
                 if str(s) in old.get(name, {}).get("scores", {}) or finished(a.runs, name, s):
                     continue
                 run(a.runs, name, s)
-    report(a.runs, seeds)
+    report(a.runs, seeds, old)
 
 
 if __name__ == "__main__":
